@@ -1,0 +1,72 @@
+"""Attention helpers shared by the sliding-window layer and the recurrent cell.
+
+Size glossary: B batch, Q queries, S keys, H heads, K head size, W block size.
+
+Attention follows google-research/meliad (the official code of the paper):
+queries and keys are L2-normalised per head and the logits are
+`|scale_h| * (q̂ · k̂ + bias)` with a learned per-head `scale_h` (no 1/√K).
+"""
+
+import numpy as np
+from keras import ops
+
+# Logit given to masked keys (meliad uses the same constant).
+MASKED_LOGIT = -1e6
+
+
+def l2_normalize(x, epsilon=1e-6):
+    """L2-normalises the last axis in float32 and casts back.
+
+    A zero vector stays zero, which is what makes null (padded or empty-cache)
+    keys contribute nothing but a constant logit.
+    """
+    x32 = ops.cast(x, "float32")
+    x32 = x32 * ops.rsqrt(ops.sum(ops.square(x32), axis=-1, keepdims=True) + epsilon)
+    return ops.cast(x32, x.dtype)
+
+
+def window_mask(block_size):
+    """Strictly causal mask of one block of queries over `[previous ‖ current]` keys.
+
+    Query `i` of the current block may read key `j` of the `2W` concatenated keys
+    iff `i <= j < i + W`: exactly the `W` tokens before it, never itself. This
+    is meliad's window ("leaving out self-attention slightly improves
+    perplexity and simplifies generation").
+
+    Returns:
+        A numpy bool array of shape `(W, 2W)`.
+    """
+    query = np.arange(block_size)[:, None]
+    key = np.arange(2 * block_size)[None, :]
+    return (key >= query) & (key < query + block_size)
+
+
+def attend(query, key, value, scale, bias=None, mask=None, dropout_mask=None):
+    """Multi-head attention over already projected, normalised heads.
+
+    Args:
+        query: `(B, Q, H, K)`.
+        key: `(B, S, H, K)`.
+        value: `(B, S, H, K)`.
+        scale: `(H,)` learned per-head logit scale; its absolute value is used.
+        bias: optional `(H, Q, S)` additive logit bias (before the scale).
+        mask: optional bool `(Q, S)`; False keys get `MASKED_LOGIT`.
+        dropout_mask: optional `(H, Q, S)` (or broadcastable) multiplier for
+            the attention probabilities.
+
+    Returns:
+        `(B, Q, H, K)` in the dtype of `value`.
+    """
+    logits = ops.einsum(
+        "bqhk,bshk->bhqs", ops.cast(query, "float32"), ops.cast(key, "float32")
+    )  # (B, H, Q, S)
+    if bias is not None:
+        logits = logits + ops.cast(bias, "float32")[None]
+    logits = logits * ops.abs(ops.cast(scale, "float32"))[None, :, None, None]
+    if mask is not None:
+        logits = ops.where(mask[None, None], logits, MASKED_LOGIT)
+    probs = ops.softmax(logits, axis=-1)  # (B, H, Q, S)
+    if dropout_mask is not None:
+        probs = probs * ops.cast(dropout_mask, probs.dtype)
+    probs = ops.cast(probs, value.dtype)
+    return ops.einsum("bhqs,bshk->bqhk", probs, value)  # (B, Q, H, K)

@@ -1,0 +1,373 @@
+"""The Block-Recurrent Transformer cell (Hutchins et al., NeurIPS 2022).
+
+One RNN step processes one block of W tokens and a set of S state vectors:
+
+    tokens (vertical):   [self-attention over prev‖current block ‖ cross-attention to states]
+                         → one output projection → residual → MLP → residual
+    states (horizontal): [self-attention over states ‖ cross-attention to prev‖current block]
+                         → state MLP ("skip" | "single" | "dual") → gate ("fixed" | "lstm")
+
+Keys and values are shared by the two directions (tokens have one K/V set, states
+have one); there are four query projections. This file follows the official code,
+google-research/meliad, wherever the two public implementations differ:
+
+- the token window is strictly causal and excludes the token itself: each query
+  reads exactly the W tokens before it (lucidrains includes the token);
+- queries and keys are L2-normalised per head with a learned per-head scale |α|
+  (initialised to 1.0), no 1/√K factor, the T5 bias added before the scale;
+- states read both blocks (prev‖current), with no mask and no position bias, and
+  the state path has no dropout;
+- the fixed gate is g = σ(b), new = g ⊙ old + (1 - g) ⊙ update (g weights the old
+  state), b ~ N(0, 0.1); the LSTM gate adds +1 / -1 to the forget / input biases;
+- learned state IDs N(0, 1) are added after the state norm; the learned initial
+  state is N(0, 0.1).
+
+Size glossary: B batch, W block size, S state vectors, D hidden size, H heads,
+K head size, I MLP width.
+"""
+
+import keras
+from keras import ops
+from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
+
+from keras_brt.layers.attention import attend, l2_normalize, window_mask
+from keras_brt.layers.common import (
+    FeedForward,
+    check_positive_int,
+    check_rate,
+    dense_initializer,
+    resolve_head_dim,
+    rms_norm,
+    split_heads,
+)
+from keras_brt.layers.gates import GATES, get_gate
+from keras_brt.layers.relative_position import RelativePositionBias
+
+STATE_MLPS = ("skip", "single", "dual")
+
+
+@keras.saving.register_keras_serializable(package="keras_brt")
+class BlockRecurrentCell(DropoutRNNCell, keras.layers.Layer):
+    """Keras RNN cell of the Block-Recurrent Transformer: one step = one block.
+
+    The cell is a whole transformer layer for one block of tokens plus the
+    recurrent update of the state vectors (see the module docstring for the
+    math and where it follows the official code). It implements the Keras RNN
+    cell protocol, so `keras.layers.RNN(cell)` runs it over a sequence of
+    blocks `(B, N, W, D)`; `keras_brt.layers.BlockRecurrentRNN` does the
+    `(B, T, D)` reshaping and gives correct symbolic shapes.
+
+    The carried state is the flat list `[state (B, S, D), prev_keys (B, W, H, K),
+    prev_values (B, W, H, K)]`. `get_initial_state` returns the learned initial
+    state and an empty (zero) key/value cache, like meliad at a document start.
+
+    Dropout (on the normalised input, the token attention probabilities and the
+    token MLP output) never touches the state path. Its masks are drawn once per
+    RNN call, outside the loop, and reused for every block (meliad tiles its
+    masks the same way); this keeps the loop stateless, which JAX requires.
+
+    Args:
+        hidden_dim: int. Model width D.
+        num_heads: int. Attention heads H.
+        head_dim: int or None. Head size K; None means D // H.
+        block_size: int. Tokens per block W (also the attention window).
+        num_state_vectors: int. Number S of state vectors.
+        gate: `"fixed"` (the paper's fixed/bias gate) or `"lstm"`.
+        state_mlp: `"skip"` (projection only, the paper's best), `"single"`
+            (one ReLU/tanh MLP, no norm) or `"dual"` (projection + gate, then a
+            pre-norm MLP + a second gate).
+        intermediate_dim: int. Token MLP width (and state MLP width for
+            "single"/"dual"); defaults to `4 * hidden_dim`.
+        dropout: float. Dropout rate of the token path.
+        relative_position_buckets: int. T5 buckets (32).
+        relative_position_max_distance: int. T5 max distance (128).
+        attention_scale_init: float. Initial per-head logit scale (meliad: 1.0).
+        seed: int or None. Seed of the dropout masks.
+        **kwargs: base layer arguments such as `name` and `dtype`.
+
+    Call arguments:
+        inputs: `(B, W, D)` one block of token activations.
+        states: list `[state, prev_keys, prev_values]` as above.
+        training: bool, enables dropout.
+
+    Returns:
+        `(outputs (B, W, D), [new_state, keys, values])`.
+
+    Example:
+
+    ```python
+    cell = keras_brt.layers.BlockRecurrentCell(
+        hidden_dim=64, num_heads=4, head_dim=16, block_size=8,
+        num_state_vectors=16)
+    rnn = keras.layers.RNN(cell, return_sequences=True, return_state=True)
+    outputs, state, keys, values = rnn(x)  # x: (B, N, 8, 64)
+    ```
+    """
+
+    def __init__(
+        self,
+        hidden_dim,
+        num_heads,
+        head_dim,
+        block_size,
+        num_state_vectors=512,
+        gate="fixed",
+        state_mlp="skip",
+        intermediate_dim=None,
+        dropout=0.0,
+        relative_position_buckets=32,
+        relative_position_max_distance=128,
+        attention_scale_init=1.0,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.head_dim = resolve_head_dim(hidden_dim, num_heads, head_dim)
+        check_positive_int("block_size", block_size)
+        check_positive_int("num_state_vectors", num_state_vectors)
+        check_positive_int("intermediate_dim", intermediate_dim, allow_none=True)
+        check_rate("dropout", dropout)
+        if gate not in GATES:
+            raise ValueError(f"`gate` must be one of {GATES}. Received: gate={gate!r}")
+        if state_mlp not in STATE_MLPS:
+            raise ValueError(
+                f"`state_mlp` must be one of {STATE_MLPS}. Received: state_mlp={state_mlp!r}"
+            )
+        self.hidden_dim = hidden_dim
+        self.num_heads = num_heads
+        self.block_size = block_size
+        self.num_state_vectors = num_state_vectors
+        self.gate = gate
+        self.state_mlp = state_mlp
+        self.intermediate_dim = intermediate_dim or 4 * hidden_dim
+        self.dropout = dropout
+        self.recurrent_dropout = 0.0  # The state path never drops out.
+        self.relative_position_buckets = relative_position_buckets
+        self.relative_position_max_distance = relative_position_max_distance
+        self.attention_scale_init = attention_scale_init
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.state_size = -1  # Custom shapes: see get_initial_state().
+        self.output_size = hidden_dim
+        self._window_mask = window_mask(block_size)
+
+    # === Weights ===
+
+    def build(self, inputs_shape):
+        if inputs_shape[-1] != self.hidden_dim or (
+            inputs_shape[-2] is not None and inputs_shape[-2] != self.block_size
+        ):
+            raise ValueError(
+                f"The step input must be (batch, block_size={self.block_size}, "
+                f"hidden_dim={self.hidden_dim}). Received: inputs.shape={inputs_shape}"
+            )
+        d, hk, s = self.hidden_dim, self.num_heads * self.head_dim, self.num_state_vectors
+        tokens = (None, self.block_size, d)
+        states = (None, s, d)
+
+        def dense(units, name, input_dim, activation=None):
+            layer = keras.layers.Dense(
+                units,
+                activation=activation,
+                use_bias=False,
+                kernel_initializer=dense_initializer(),
+                dtype=self.dtype_policy,
+                name=name,
+            )
+            layer.build((None, input_dim))
+            return layer
+
+        def scale(name):
+            return self.add_weight(
+                shape=(self.num_heads,),
+                initializer=keras.initializers.Constant(self.attention_scale_init),
+                name=name,
+            )
+
+        # Token side ("tbase"): norm, fused Q/K/V/Q2, out projection, MLP.
+        self.token_norm = rms_norm("token_norm", self.dtype_policy)
+        self.token_norm.build(tokens)
+        self.token_qkv_dense = dense(4 * hk, "token_qkv_dense", d)
+        self.token_output_dense = dense(d, "token_output_dense", 2 * hk)
+        self.token_self_scale = scale("token_self_scale")
+        self.token_cross_scale = scale("token_cross_scale")
+        self.relative_position = RelativePositionBias(
+            self.num_heads,
+            num_buckets=self.relative_position_buckets,
+            max_distance=self.relative_position_max_distance,
+            dtype=self.dtype_policy,
+            name="relative_position",
+        )
+        self.relative_position.build()
+        self.feed_forward = FeedForward(
+            d, self.intermediate_dim, self.dropout, dtype=self.dtype_policy, name="feed_forward"
+        )
+        self.feed_forward.build(tokens)
+
+        # State side ("recurrent_tbase"): norm, state IDs, fused Q/K/V/Q2, scales.
+        self.state_norm = rms_norm("state_norm", self.dtype_policy)
+        self.state_norm.build(states)
+        self.state_ids = self.add_weight(
+            shape=(s, d), initializer=keras.initializers.RandomNormal(stddev=1.0), name="state_ids"
+        )
+        self.initial_state = self.add_weight(
+            shape=(s, d),
+            initializer=keras.initializers.RandomNormal(stddev=0.1),
+            name="initial_state",
+        )
+        self.state_qkv_dense = dense(4 * hk, "state_qkv_dense", d)
+        self.state_self_scale = scale("state_self_scale")
+        self.state_cross_scale = scale("state_cross_scale")
+
+        # State update: "skip" and "dual" project 2HK -> D; "single" is an MLP.
+        if self.state_mlp == "single":
+            self.state_hidden_dense = dense(
+                self.intermediate_dim, "state_hidden_dense", 2 * hk, activation="relu"
+            )
+            self.state_output_dense = dense(d, "state_output_dense", self.intermediate_dim)
+            gate_input_dim = self.intermediate_dim
+        else:
+            self.state_output_dense = dense(d, "state_output_dense", 2 * hk)
+            gate_input_dim = 2 * hk
+        self.state_gate = get_gate(self.gate, dtype=self.dtype_policy, name="state_gate")
+        self.state_gate.build(states, states, (None, s, gate_input_dim))
+        if self.state_mlp == "dual":
+            self.state_feed_forward = FeedForward(
+                d, self.intermediate_dim, 0.0, dtype=self.dtype_policy, name="state_feed_forward"
+            )
+            self.state_feed_forward.build(states)
+            self.state_ffn_gate = get_gate(
+                self.gate, dtype=self.dtype_policy, name="state_ffn_gate"
+            )
+            self.state_ffn_gate.build(states, states, (None, s, self.intermediate_dim))
+
+    # === RNN cell protocol ===
+
+    def get_initial_state(self, batch_size=None):
+        """Returns `[initial_state (B, S, D), zero keys (B, W, H, K), zero values]`."""
+        state = ops.cast(self.initial_state, self.compute_dtype)
+        state = ops.broadcast_to(state[None], (batch_size, self.num_state_vectors, self.hidden_dim))
+        cache = (batch_size, self.block_size, self.num_heads, self.head_dim)
+        return [state, ops.zeros(cache, self.compute_dtype), ops.zeros(cache, self.compute_dtype)]
+
+    def get_dropout_mask(self, step_input):
+        """Draws (once per RNN call) the masks of the token path, reused by every block."""
+        if getattr(self, "_dropout_mask", None) is None and self.dropout > 0:
+            self._dropout_mask = self._draw_dropout_masks(step_input)
+        return getattr(self, "_dropout_mask", None)
+
+    def _draw_dropout_masks(self, step_input):
+        w = self.block_size
+        ones = ops.ones_like(step_input)
+        attention_ones = ops.ones((self.num_heads, w, 2 * w), "float32")
+        return (
+            keras.random.dropout(ones, self.dropout, seed=self.seed_generator),  # input
+            keras.random.dropout(ones, self.dropout, seed=self.seed_generator),  # MLP out
+            keras.random.dropout(attention_ones, self.dropout, seed=self.seed_generator),
+        )
+
+    # === One block ===
+
+    def call(self, inputs, states, training=False):
+        state, prev_keys, prev_values = states[:3]
+        h, k, w = self.num_heads, self.head_dim, self.block_size
+        batch = ops.shape(inputs)[0]
+        masks = None
+        if training and self.dropout > 0:
+            # Masks drawn by the RNN before its loop, or here for a direct call.
+            masks = getattr(self, "_dropout_mask", None) or self._draw_dropout_masks(inputs)
+
+        # Token projections: keys/values shared by token self-attention and by
+        # the states reading the tokens; queries for self- and cross-attention.
+        x = self.token_norm(inputs)  # (B, W, D)
+        if masks is not None:
+            x = x * masks[0]
+        q_self, keys, values, q_cross = split_heads(
+            self.token_qkv_dense(x), 4, h, k
+        )  # 4 × (B, W, H, K)
+        q_self, keys, q_cross = l2_normalize(q_self), l2_normalize(keys), l2_normalize(q_cross)
+        window_keys = ops.concatenate([ops.cast(prev_keys, keys.dtype), keys], axis=1)  # (B, 2W, H, K)
+        window_values = ops.concatenate(
+            [ops.cast(prev_values, values.dtype), values], axis=1
+        )  # (B, 2W, H, K)
+
+        # State projections: norm, then state IDs (so shared weights give each
+        # state its own query), keys/values shared by both directions.
+        s = self.state_norm(state) + ops.cast(self.state_ids, state.dtype)  # (B, S, D)
+        s_q_self, s_keys, s_values, s_q_cross = split_heads(
+            self.state_qkv_dense(s), 4, h, k
+        )  # 4 × (B, S, H, K)
+        s_q_self, s_keys, s_q_cross = (
+            l2_normalize(s_q_self),
+            l2_normalize(s_keys),
+            l2_normalize(s_q_cross),
+        )
+
+        # Vertical direction: tokens read the window (causal, T5 bias) and the
+        # old state (no mask, no bias), in parallel; concat, project, residual.
+        window_bias = self.relative_position(ops.arange(w, 2 * w), ops.arange(0, 2 * w))  # (H, W, 2W)
+        token_self = attend(
+            q_self,
+            window_keys,
+            window_values,
+            self.token_self_scale,
+            bias=window_bias,
+            mask=ops.convert_to_tensor(self._window_mask),
+            dropout_mask=None if masks is None else masks[2],
+        )  # (B, W, H, K)
+        token_cross = attend(q_cross, s_keys, s_values, self.token_cross_scale)  # (B, W, H, K)
+        token_heads = ops.reshape(
+            ops.concatenate([token_self, token_cross], axis=2), (batch, w, 2 * h * k)
+        )  # (B, W, 2HK)
+        outputs = inputs + self.token_output_dense(token_heads)  # (B, W, D)
+        outputs = outputs + self.feed_forward(
+            outputs, training=training, dropout_mask=None if masks is None else masks[1]
+        )  # (B, W, D)
+
+        # Horizontal direction: states read themselves and all 2W tokens (no
+        # mask, no bias), in parallel; concat; the gated update replaces the residual.
+        state_self = attend(s_q_self, s_keys, s_values, self.state_self_scale)  # (B, S, H, K)
+        state_cross = attend(
+            s_q_cross, window_keys, window_values, self.state_cross_scale
+        )  # (B, S, H, K)
+        state_heads = ops.reshape(
+            ops.concatenate([state_self, state_cross], axis=2),
+            (batch, self.num_state_vectors, 2 * h * k),
+        )  # (B, S, 2HK)
+        new_state = self._update_state(state, state_heads)  # (B, S, D)
+        return outputs, [new_state, keys, values]
+
+    def _update_state(self, state, state_heads):
+        if self.state_mlp == "single":
+            hidden = self.state_hidden_dense(state_heads)  # (B, S, I)
+            update = ops.tanh(self.state_output_dense(hidden))  # (B, S, D)
+            return self.state_gate(state, update, hidden)  # (B, S, D)
+        update = self.state_output_dense(state_heads)  # (B, S, D)
+        new_state = self.state_gate(state, update, state_heads)  # (B, S, D)
+        if self.state_mlp == "dual":
+            update, hidden = self.state_feed_forward(new_state, return_hidden=True)  # (B, S, D), (B, S, I)
+            new_state = self.state_ffn_gate(new_state, update, hidden)  # (B, S, D)
+        return new_state
+
+    # === Config ===
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "hidden_dim": self.hidden_dim,
+                "num_heads": self.num_heads,
+                "head_dim": self.head_dim,
+                "block_size": self.block_size,
+                "num_state_vectors": self.num_state_vectors,
+                "gate": self.gate,
+                "state_mlp": self.state_mlp,
+                "intermediate_dim": self.intermediate_dim,
+                "dropout": self.dropout,
+                "relative_position_buckets": self.relative_position_buckets,
+                "relative_position_max_distance": self.relative_position_max_distance,
+                "attention_scale_init": self.attention_scale_init,
+                "seed": self.seed,
+            }
+        )
+        return config

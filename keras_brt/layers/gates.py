@@ -1,0 +1,119 @@
+"""The state-update gates of the Block-Recurrent Transformer.
+
+Both follow meliad (`nn_components.MLP._gate`): the gate replaces the residual
+connection of the state path, `new = a ⊙ old + b ⊙ update`.
+"""
+
+import keras
+from keras import ops
+
+GATES = ("fixed", "lstm")
+
+
+@keras.saving.register_keras_serializable(package="keras_brt")
+class FixedGate(keras.layers.Layer):
+    """The paper's "fixed" gate: a learned, input-independent moving average.
+
+    `g = sigmoid(b)` with `b` a learned vector initialised N(0, 0.1) (so
+    `g ≈ 0.5` at the start) and `new = g ⊙ old + (1 - g) ⊙ update`. meliad calls
+    it the "bias" gate. Note the convention: `g` weights the *old* state.
+
+    Args:
+        **kwargs: base layer arguments such as `name` and `dtype`.
+
+    Call arguments:
+        old: `(..., D)` the state before the update.
+        update: `(..., D)` the candidate update.
+        gate_input: ignored (kept so both gates share one signature).
+
+    Returns:
+        `(..., D)` the gated state.
+
+    Example:
+
+    ```python
+    gate = keras_brt.layers.FixedGate()
+    new = gate(old, update, update)
+    ```
+    """
+
+    def build(self, old_shape, update_shape=None, gate_input_shape=None):
+        self.bias = self.add_weight(
+            shape=(old_shape[-1],),
+            initializer=keras.initializers.RandomNormal(stddev=0.1),
+            name="bias",
+        )
+
+    def call(self, old, update, gate_input=None):
+        g = ops.cast(ops.sigmoid(ops.cast(self.bias, "float32")), old.dtype)  # (D,)
+        return g * old + (1.0 - g) * update
+
+    def compute_output_shape(self, old_shape, update_shape=None, gate_input_shape=None):
+        return old_shape
+
+
+@keras.saving.register_keras_serializable(package="keras_brt")
+class LSTMGate(keras.layers.Layer):
+    """The paper's "lstm" gate: input-dependent forget and input gates.
+
+    `f = sigmoid(W_f y + b_f + 1)`, `i = sigmoid(W_i y + b_i - 1)` and
+    `new = f ⊙ old + i ⊙ update`, where `y` is the gate input (the last hidden
+    activation of the state MLP). Kernels start at variance scaling 0.1 and the
+    biases at N(0, 0.1), so `f ≈ 0.73` and `i ≈ 0.27`: biased towards
+    remembering and far from saturation, as the paper requires.
+
+    Args:
+        **kwargs: base layer arguments such as `name` and `dtype`.
+
+    Call arguments:
+        old: `(..., D)` the state before the update.
+        update: `(..., D)` the candidate update.
+        gate_input: `(..., E)` the activation the gates are computed from.
+
+    Returns:
+        `(..., D)` the gated state.
+
+    Example:
+
+    ```python
+    gate = keras_brt.layers.LSTMGate()
+    new = gate(old, update, hidden)
+    ```
+    """
+
+    def build(self, old_shape, update_shape=None, gate_input_shape=None):
+        units = old_shape[-1]
+        gate_input_shape = gate_input_shape or old_shape
+        self.forget_dense = self._dense(units, "forget_dense")
+        self.input_dense = self._dense(units, "input_dense")
+        self.forget_dense.build(gate_input_shape)
+        self.input_dense.build(gate_input_shape)
+
+    def _dense(self, units, name):
+        return keras.layers.Dense(
+            units,
+            kernel_initializer=keras.initializers.VarianceScaling(
+                0.1, mode="fan_in", distribution="truncated_normal"
+            ),
+            bias_initializer=keras.initializers.RandomNormal(stddev=0.1),
+            dtype=self.dtype_policy,
+            name=name,
+        )
+
+    def call(self, old, update, gate_input=None):
+        gate_input = old if gate_input is None else gate_input
+        forget = ops.sigmoid(ops.cast(self.forget_dense(gate_input), "float32") + 1.0)
+        inputs = ops.sigmoid(ops.cast(self.input_dense(gate_input), "float32") - 1.0)
+        return ops.cast(forget, old.dtype) * old + ops.cast(inputs, old.dtype) * update
+
+    def compute_output_shape(self, old_shape, update_shape=None, gate_input_shape=None):
+        return old_shape
+
+
+def get_gate(gate, **kwargs):
+    """Returns a new gate layer for `gate` in `("fixed", "lstm")`."""
+    if gate == "fixed":
+        return FixedGate(**kwargs)
+    if gate == "lstm":
+        return LSTMGate(**kwargs)
+    raise ValueError(f"`gate` must be one of {GATES}. Received: gate={gate!r}")
