@@ -1,0 +1,422 @@
+"""The Block-Recurrent Transformer backbone: embeddings, the layer stack, final norm."""
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_brt.layers.block_recurrent_cell import BlockRecurrentCell
+from keras_brt.layers.block_recurrent_rnn import BlockRecurrentRNN
+from keras_brt.layers.common import check_positive_int, check_rate, resolve_head_dim, rms_norm
+from keras_brt.layers.gates import GATES
+from keras_brt.layers.block_recurrent_cell import STATE_MLPS
+from keras_brt.layers.sliding_window_layer import SlidingWindowTransformerLayer
+from keras_brt.models.presets import get_preset
+
+
+def concrete_value(x):
+    """Returns `x` as a numpy array when it holds real values, None while tracing."""
+    if x is None or isinstance(x, np.ndarray):
+        return x
+    try:
+        return ops.convert_to_numpy(x)
+    except Exception:  # A tracer or a symbolic tensor: no values to check.
+        return None
+
+
+@keras.saving.register_keras_serializable(package="keras_brt")
+class BlockRecurrentTransformerBackbone(keras.Model):
+    """Decoder-only Block-Recurrent Transformer stack with an explicit carried state.
+
+    Token embeddings (N(0, 1), tied with the output layer by the causal LM) go
+    through `num_layers` pre-norm layers and a final RMS norm. Every layer reads
+    a sliding window of the previous `block_size` tokens with an XL-style cache
+    of the previous block's keys and values; the layers listed in
+    `recurrent_layers` also carry `num_state_vectors` state vectors through a
+    `BlockRecurrentCell` run by `keras.layers.RNN` over the blocks. The other
+    layers compute every block at once (no loop).
+
+    With `recurrent_layers=()` the same class is the paper's "Slide:L"
+    baseline (and the "XL:n" baseline with `block_size=n` and segments of n
+    tokens), so the baselines share all code with the recurrent model.
+
+    The carried state is a flat dict of tensors: `layer_{i}_keys` and
+    `layer_{i}_values` `(B, W, H, K)` for every layer and `layer_{i}_state`
+    `(B, S, D)` for every recurrent layer.
+
+    Args:
+        vocabulary_size: int. Number of token ids V.
+        num_layers: int. Number of layers L.
+        hidden_dim: int. Model width D.
+        num_heads: int. Attention heads H.
+        head_dim: int or None. Head size K (None: D // H).
+        intermediate_dim: int or None. MLP width (None: 4 * D).
+        block_size: int. Block and window length W.
+        num_state_vectors: int. State vectors S per recurrent layer.
+        recurrent_layers: tuple of 0-based layer indices, negatives allowed;
+            `()` gives the Slide/XL baselines.
+        gate: `"fixed"` or `"lstm"`.
+        state_mlp: `"skip"`, `"single"` or `"dual"`.
+        dropout: float. Dropout of the token path (the paper uses 0.05).
+        relative_position_buckets: int. T5 buckets (32).
+        relative_position_max_distance: int. T5 max distance (128).
+        attention_scale_init: float. Initial per-head logit scale (meliad 1.0).
+        **kwargs: base model arguments such as `name` and `dtype`.
+
+    Call arguments:
+        token_ids: int `(B, T)`. Any T; T that is not a multiple of W is padded
+            internally with null tokens and the outputs are cut back to T.
+        state: optional carried-state dict (default: `initial_state(B)`).
+        start_of_sequence: optional bool `(B,)`; true rows start from the
+            initial state whatever `state` holds.
+        padding_mask: optional bool/int `(B, T)`; false positions are null
+            tokens: in every layer their keys and values are zero, exactly like
+            the empty cache at a document start, so what they hold never
+            matters. Their outputs are meaningless; mask them in the loss.
+        training: bool, enables dropout.
+
+    Returns:
+        `(hidden (B, T, D), new_state)`.
+
+    Example:
+
+    ```python
+    backbone = keras_brt.models.BlockRecurrentTransformerBackbone(
+        vocabulary_size=264, num_layers=2, hidden_dim=64, num_heads=4,
+        head_dim=16, intermediate_dim=256, block_size=8, num_state_vectors=8,
+        recurrent_layers=(-1,))
+    hidden, state = backbone(token_ids)
+    hidden2, state = backbone(next_token_ids, state=state)
+    ```
+    """
+
+    def __init__(
+        self,
+        vocabulary_size,
+        num_layers,
+        hidden_dim,
+        num_heads,
+        head_dim,
+        intermediate_dim,
+        block_size=512,
+        num_state_vectors=512,
+        recurrent_layers=(-3,),
+        gate="fixed",
+        state_mlp="skip",
+        dropout=0.0,
+        relative_position_buckets=32,
+        relative_position_max_distance=128,
+        attention_scale_init=1.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        check_positive_int("vocabulary_size", vocabulary_size)
+        check_positive_int("num_layers", num_layers)
+        self.head_dim = resolve_head_dim(hidden_dim, num_heads, head_dim)
+        check_positive_int("intermediate_dim", intermediate_dim, allow_none=True)
+        check_positive_int("block_size", block_size)
+        check_positive_int("num_state_vectors", num_state_vectors)
+        check_rate("dropout", dropout)
+        if gate not in GATES:
+            raise ValueError(f"`gate` must be one of {GATES}. Received: gate={gate!r}")
+        if state_mlp not in STATE_MLPS:
+            raise ValueError(
+                f"`state_mlp` must be one of {STATE_MLPS}. Received: state_mlp={state_mlp!r}"
+            )
+        if isinstance(recurrent_layers, int) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in recurrent_layers
+        ):
+            raise ValueError(
+                "`recurrent_layers` must be a tuple of int layer indices. "
+                f"Received: recurrent_layers={recurrent_layers!r}"
+            )
+        resolved = []
+        for index in recurrent_layers:
+            if not -num_layers <= index < num_layers:
+                raise ValueError(
+                    f"`recurrent_layers` indices must lie in [-{num_layers}, {num_layers}) "
+                    f"for num_layers={num_layers}. Received: recurrent_layers={recurrent_layers!r}"
+                )
+            resolved.append(index % num_layers)
+        if len(set(resolved)) != len(resolved):
+            raise ValueError(
+                "`recurrent_layers` names the same layer twice. "
+                f"Received: recurrent_layers={recurrent_layers!r} (num_layers={num_layers})"
+            )
+        self.vocabulary_size = vocabulary_size
+        self.num_layers = num_layers
+        self.hidden_dim = hidden_dim
+        self.num_heads = num_heads
+        self.intermediate_dim = intermediate_dim or 4 * hidden_dim
+        self.block_size = block_size
+        self.num_state_vectors = num_state_vectors
+        self.recurrent_layers = tuple(recurrent_layers)
+        self.recurrent_layer_indices = tuple(sorted(resolved))
+        self.gate = gate
+        self.state_mlp = state_mlp
+        self.dropout = dropout
+        self.relative_position_buckets = relative_position_buckets
+        self.relative_position_max_distance = relative_position_max_distance
+        self.attention_scale_init = attention_scale_init
+
+    # === Layers ===
+
+    def build(self, token_ids_shape=None):
+        if self.built:
+            return
+        dtype = self.dtype_policy
+        hidden_shape = (None, None, self.hidden_dim)
+        self.token_embedding = keras.layers.Embedding(
+            self.vocabulary_size,
+            self.hidden_dim,
+            embeddings_initializer=keras.initializers.RandomNormal(stddev=1.0),
+            dtype=dtype,
+            name="token_embedding",
+        )
+        self.token_embedding.build((None, None))
+        common = dict(
+            hidden_dim=self.hidden_dim,
+            num_heads=self.num_heads,
+            head_dim=self.head_dim,
+            block_size=self.block_size,
+            intermediate_dim=self.intermediate_dim,
+            dropout=self.dropout,
+            relative_position_buckets=self.relative_position_buckets,
+            relative_position_max_distance=self.relative_position_max_distance,
+            attention_scale_init=self.attention_scale_init,
+            dtype=dtype,
+        )
+        self.transformer_layers = []
+        for i in range(self.num_layers):
+            if i in self.recurrent_layer_indices:
+                cell = BlockRecurrentCell(
+                    num_state_vectors=self.num_state_vectors,
+                    gate=self.gate,
+                    state_mlp=self.state_mlp,
+                    name=f"recurrent_cell_{i}",
+                    **common,
+                )
+                layer = BlockRecurrentRNN(
+                    cell, return_state=True, dtype=dtype, name=f"recurrent_layer_{i}"
+                )
+            else:
+                layer = SlidingWindowTransformerLayer(name=f"transformer_layer_{i}", **common)
+            layer.build(hidden_shape)
+            self.transformer_layers.append(layer)
+        self.final_norm = rms_norm("final_norm", dtype)
+        self.final_norm.build(hidden_shape)
+        self.final_dropout = keras.layers.Dropout(self.dropout, dtype=dtype, name="final_dropout")
+        self.built = True
+
+    # === Carried state ===
+
+    def state_shapes(self, batch_size):
+        """Returns `{name: shape}` of the carried state for `batch_size` lanes."""
+        cache = (batch_size, self.block_size, self.num_heads, self.head_dim)
+        shapes = {}
+        for i in range(self.num_layers):
+            shapes[f"layer_{i}_keys"] = cache
+            shapes[f"layer_{i}_values"] = cache
+            if i in self.recurrent_layer_indices:
+                shapes[f"layer_{i}_state"] = (batch_size, self.num_state_vectors, self.hidden_dim)
+        return shapes
+
+    def initial_state(self, batch_size):
+        """The state of `batch_size` fresh lanes: empty caches and learned initial states."""
+        self.build()
+        state = {}
+        for i, layer in enumerate(self.transformer_layers):
+            values = layer.cell.get_initial_state(batch_size) if self._is_recurrent(i) else (
+                [None] + layer.get_initial_state(batch_size)
+            )
+            if values[0] is not None:
+                state[f"layer_{i}_state"] = values[0]
+            state[f"layer_{i}_keys"], state[f"layer_{i}_values"] = values[1], values[2]
+        return state
+
+    def _is_recurrent(self, index):
+        return index in self.recurrent_layer_indices
+
+    def _check_inputs(self, token_ids, state, start_of_sequence, padding_mask):
+        if len(token_ids.shape) != 2:
+            raise ValueError(
+                f"`token_ids` must have shape (batch, length). Received: token_ids.shape="
+                f"{tuple(token_ids.shape)}"
+            )
+        if "int" not in keras.backend.standardize_dtype(token_ids.dtype):
+            raise ValueError(
+                "`token_ids` must be an integer tensor. Received: token_ids.dtype="
+                f"{keras.backend.standardize_dtype(token_ids.dtype)}"
+            )
+        ids = concrete_value(token_ids)
+        if ids is not None and ids.size and (ids.min() < 0 or ids.max() >= self.vocabulary_size):
+            bad = ids[(ids < 0) | (ids >= self.vocabulary_size)]
+            raise ValueError(
+                f"`token_ids` must lie in [0, vocabulary_size={self.vocabulary_size}). "
+                f"Received ids outside it, e.g. token_ids={bad[:5].tolist()}"
+            )
+        batch, length = token_ids.shape
+        if start_of_sequence is not None:
+            shape = tuple(start_of_sequence.shape)
+            if len(shape) != 1 or None not in (batch, shape[0]) and shape[0] != batch:
+                raise ValueError(
+                    f"`start_of_sequence` must have shape (batch,) = ({batch},). "
+                    f"Received: start_of_sequence.shape={shape}"
+                )
+        if padding_mask is not None and (
+            len(padding_mask.shape) != 2
+            or any(a is not None and b is not None and a != b
+                   for a, b in zip(padding_mask.shape, token_ids.shape))
+        ):
+            raise ValueError(
+                f"`padding_mask` must have the shape of token_ids {tuple(token_ids.shape)}. "
+                f"Received: padding_mask.shape={tuple(padding_mask.shape)}"
+            )
+        if state is None:
+            return
+        if not isinstance(state, dict) or set(state) != set(self.state_shapes(batch)):
+            received = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(
+                f"`state` must be a dict with keys {sorted(self.state_shapes(batch))} (see "
+                f"initial_state()). Received: state keys={received}"
+            )
+        for name, expected in self.state_shapes(batch).items():
+            shape = tuple(state[name].shape)
+            if len(shape) != len(expected) or any(
+                a is not None and b is not None and a != b for a, b in zip(shape, expected)
+            ):
+                raise ValueError(
+                    f"`state['{name}']` must have shape {expected} (batch of token_ids first). "
+                    f"Received: state['{name}'].shape={shape}"
+                )
+
+    # === Forward ===
+
+    def call(
+        self,
+        token_ids,
+        state=None,
+        start_of_sequence=None,
+        padding_mask=None,
+        training=False,
+    ):
+        self._check_inputs(token_ids, state, start_of_sequence, padding_mask)
+        batch = ops.shape(token_ids)[0]
+        length = token_ids.shape[1]
+        initial = self.initial_state(batch)
+        if state is None:
+            state = initial
+        elif start_of_sequence is not None:
+            reset = ops.cast(start_of_sequence, "bool")
+            state = {
+                name: ops.where(
+                    ops.reshape(reset, (-1,) + (1,) * (len(value.shape) - 1)),
+                    ops.cast(initial[name], value.dtype),
+                    value,
+                )
+                for name, value in state.items()
+            }
+
+        # Pad to whole blocks with null tokens; cut the outputs back at the end.
+        pad = (-length) % self.block_size if length is not None else 0
+        if pad:
+            if padding_mask is None:
+                padding_mask = ops.ones_like(token_ids, "bool")
+            token_ids = ops.pad(token_ids, ((0, 0), (0, pad)))
+            padding_mask = ops.pad(ops.cast(padding_mask, "bool"), ((0, 0), (0, pad)))
+        keep = None if padding_mask is None else ops.cast(padding_mask, self.compute_dtype)[..., None]
+
+        # Out-of-vocabulary ids cannot raise inside a compiled function: their
+        # rows come out as NaN instead of silently reading a clamped embedding.
+        in_vocab = ops.all(
+            ops.logical_and(token_ids >= 0, token_ids < self.vocabulary_size), axis=1
+        )  # (B,)
+        x = self.token_embedding(token_ids)  # (B, T, D)
+        new_state = {}
+        for i, layer in enumerate(self.transformer_layers):
+            if keep is not None:
+                x = x * keep  # Null tokens: zero keys and values in this layer.
+            keys, values = state[f"layer_{i}_keys"], state[f"layer_{i}_values"]
+            if self._is_recurrent(i):
+                x, s, keys, values = layer(
+                    x, initial_state=[state[f"layer_{i}_state"], keys, values], training=training
+                )
+                new_state[f"layer_{i}_state"] = s
+            else:
+                x, keys, values = layer(x, keys, values, training=training)
+            new_state[f"layer_{i}_keys"], new_state[f"layer_{i}_values"] = keys, values
+        x = self.final_dropout(self.final_norm(x), training=training)  # (B, T, D)
+        x = ops.where(in_vocab[:, None, None], x, ops.cast(float("nan"), x.dtype))
+        if pad:
+            x = x[:, :length]
+        return x, new_state
+
+    def compute_output_spec(self, token_ids, state=None, **kwargs):
+        batch, length = token_ids.shape
+        hidden = keras.KerasTensor((batch, length, self.hidden_dim), dtype=self.compute_dtype)
+        states = {
+            name: keras.KerasTensor(shape, dtype=self.compute_dtype)
+            for name, shape in self.state_shapes(batch).items()
+        }
+        return hidden, states
+
+    # === Presets and config ===
+
+    @classmethod
+    def from_preset(cls, preset, **overrides):
+        """Builds a backbone from a named architecture preset (see `presets`).
+
+        Args:
+            preset: a name from `BlockRecurrentTransformerBackbone.presets`.
+            **overrides: config values to change, e.g. `vocabulary_size=260`.
+        """
+        config = dict(get_preset(preset)["config"])
+        unknown = set(overrides) - set(config) - {
+            "relative_position_buckets", "relative_position_max_distance",
+            "attention_scale_init", "name", "dtype",
+        }
+        if unknown:
+            raise ValueError(
+                f"Unknown override for preset {preset!r}: {sorted(unknown)}. "
+                f"Valid: {sorted(config)}"
+            )
+        config.update(overrides)
+        return cls(**config)
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": keras.saving.serialize_keras_object(self.dtype_policy),
+            "vocabulary_size": self.vocabulary_size,
+            "num_layers": self.num_layers,
+            "hidden_dim": self.hidden_dim,
+            "num_heads": self.num_heads,
+            "head_dim": self.head_dim,
+            "intermediate_dim": self.intermediate_dim,
+            "block_size": self.block_size,
+            "num_state_vectors": self.num_state_vectors,
+            "recurrent_layers": list(self.recurrent_layers),
+            "gate": self.gate,
+            "state_mlp": self.state_mlp,
+            "dropout": self.dropout,
+            "relative_position_buckets": self.relative_position_buckets,
+            "relative_position_max_distance": self.relative_position_max_distance,
+            "attention_scale_init": self.attention_scale_init,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if "dtype" in config and isinstance(config["dtype"], dict):
+            config["dtype"] = keras.saving.deserialize_keras_object(config["dtype"])
+        config["recurrent_layers"] = tuple(config.get("recurrent_layers", (-3,)))
+        return cls(**config)
+
+
+def _preset_names():
+    from keras_brt.models.presets import PRESETS
+
+    return tuple(sorted(PRESETS))
+
+
+BlockRecurrentTransformerBackbone.presets = _preset_names()

@@ -1,0 +1,264 @@
+"""Causal language model on the BRT backbone, with the carried state it trains on."""
+
+import math
+
+import keras
+from keras import ops
+
+from keras_brt.models.backbone import BlockRecurrentTransformerBackbone
+
+
+def _unpack_inputs(inputs):
+    if isinstance(inputs, dict):
+        if "token_ids" not in inputs:
+            raise ValueError(
+                "A dict input must hold `token_ids` (and optionally `start_of_sequence`, "
+                f"`padding_mask`). Received keys: {sorted(inputs)}"
+            )
+        unknown = set(inputs) - {"token_ids", "start_of_sequence", "padding_mask"}
+        if unknown:
+            raise ValueError(
+                "Unknown input keys; expected `token_ids`, `start_of_sequence`, "
+                f"`padding_mask`. Received: {sorted(unknown)}"
+            )
+        return inputs["token_ids"], inputs.get("start_of_sequence"), inputs.get("padding_mask")
+    return inputs, None, None
+
+
+@keras.saving.register_keras_serializable(package="keras_brt")
+class BlockRecurrentTransformerCausalLM(keras.Model):
+    """Next-token language model over long documents, block by block.
+
+    Logits are the final hidden states times the tied token embedding, divided
+    by √D (meliad's current code; its 2022 code divided by √V), in float32.
+
+    Two ways to run it:
+
+    - `call_with_state(token_ids, state, start_of_sequence, padding_mask)` is
+      stateless and functional: it returns `(logits, new_state)`. Calling it on
+      consecutive chunks (the first a multiple of W long) with the returned
+      state gives the logits of one call on the concatenation.
+    - `fit`/`evaluate`/`predict` (and `lm(inputs)`) are stateful: each batch
+      row is a lane, one document stream, and the state after each batch is
+      kept in non-trainable variables and carried into the next batch of the
+      same lane, with no gradient across batches (truncated BPTT) and a reset
+      of the rows whose `start_of_sequence` is true. Training and inference
+      keep separate lanes: `evaluate` and `predict` start from fresh lanes and
+      never disturb the training lanes. The lanes are created for the batch
+      size of the first batch and saved with the weights and checkpoints, so
+      a resumed run continues exactly. `reset_state()` resets every lane.
+
+    Inputs of the stateful path are `token_ids` `(B, T)` or a dict with
+    `token_ids`, optional `start_of_sequence` `(B,)` and `padding_mask`
+    `(B, T)`; targets are the next-token ids `(B, T)`.
+
+    Args:
+        backbone: a `BlockRecurrentTransformerBackbone`.
+        **kwargs: base model arguments such as `name`.
+
+    Example:
+
+    ```python
+    backbone = keras_brt.models.BlockRecurrentTransformerBackbone.from_preset(
+        "tiny_rec_fixed_skip")
+    lm = keras_brt.models.BlockRecurrentTransformerCausalLM(backbone)
+    lm.compile(optimizer="adam")
+    lm.fit(dataset)  # (x, y) with x = {"token_ids", "start_of_sequence"}
+    logits, state = lm.call_with_state(token_ids)
+    logits, state = lm.call_with_state(next_token_ids, state)
+    ```
+    """
+
+    def __init__(self, backbone, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(backbone, BlockRecurrentTransformerBackbone):
+            raise ValueError(
+                "`backbone` must be a BlockRecurrentTransformerBackbone. "
+                f"Received: backbone={backbone!r}"
+            )
+        self.backbone = backbone
+        self._lanes = None  # {"train": {...}, "eval": {...}} once the batch is known.
+
+    # === Building and carried lanes ===
+
+    def build(self, inputs_shape=None):
+        shape = inputs_shape["token_ids"] if isinstance(inputs_shape, dict) else inputs_shape
+        self.backbone.build()
+        if shape is not None and shape[0] is not None and self._lanes is None:
+            self._create_lanes(int(shape[0]))
+        self.built = True
+
+    def _create_lanes(self, batch_size):
+        # Lanes start flagged for reset, so their first batch reads the learned
+        # initial state (which may change during training) instead of zeros.
+        self._lanes = {}
+        for mode in ("train", "eval"):
+            lanes = {
+                name: self.add_weight(
+                    shape=shape,
+                    initializer="zeros",
+                    trainable=False,
+                    autocast=False,
+                    name=f"{mode}_lanes_{name}",
+                )
+                for name, shape in self.backbone.state_shapes(batch_size).items()
+            }
+            lanes["reset"] = self.add_weight(
+                shape=(batch_size,),
+                initializer="ones",
+                dtype="int32",
+                trainable=False,
+                name=f"{mode}_lanes_reset",
+            )
+            self._lanes[mode] = lanes
+        self.lane_batch_size = batch_size
+
+    def reset_state(self, mode=None):
+        """Resets every lane: its next batch starts from the initial state.
+
+        Args:
+            mode: None (both), `"train"` or `"eval"`.
+        """
+        if self._lanes is None:
+            return
+        for m in ("train", "eval") if mode is None else (mode,):
+            self._lanes[m]["reset"].assign(ops.ones((self.lane_batch_size,), "int32"))
+
+    def lane_state(self, mode="train"):
+        """Returns the carried state of the lanes of `mode` as a dict of tensors."""
+        if self._lanes is None:
+            raise ValueError("The lanes do not exist yet: call or fit the model first.")
+        return {
+            name: ops.convert_to_tensor(v) for name, v in self._lanes[mode].items() if name != "reset"
+        }
+
+    # === Forward ===
+
+    def initial_state(self, batch_size):
+        """The carried state of `batch_size` fresh lanes (see the backbone)."""
+        return self.backbone.initial_state(batch_size)
+
+    def call_with_state(
+        self,
+        token_ids,
+        state=None,
+        start_of_sequence=None,
+        padding_mask=None,
+        training=False,
+    ):
+        """Stateless forward pass.
+
+        Args:
+            token_ids: int `(B, T)`, any T >= 1.
+            state: carried-state dict, or None for `initial_state(B)`.
+            start_of_sequence: optional bool `(B,)`; true rows restart from
+                the initial state.
+            padding_mask: optional `(B, T)`; false positions are null tokens.
+            training: bool, enables dropout.
+
+        Returns:
+            `(logits (B, T, V) float32, new_state)`. When T is not a multiple
+            of W the logits are exact; the returned state then treats the rest
+            of the last block as null padding (right to end a document; stream
+            in multiples of W to continue one).
+        """
+        hidden, new_state = self.backbone(
+            token_ids,
+            state=state,
+            start_of_sequence=start_of_sequence,
+            padding_mask=padding_mask,
+            training=training,
+        )
+        return self.compute_logits(hidden), new_state
+
+    def compute_logits(self, hidden):
+        """Tied-embedding logits `(B, T, V)` in float32, divided by √D."""
+        embeddings = ops.cast(self.backbone.token_embedding.embeddings, hidden.dtype)
+        logits = ops.matmul(hidden, ops.transpose(embeddings))  # (B, T, V)
+        return ops.cast(logits, "float32") / math.sqrt(self.backbone.hidden_dim)
+
+    def call(self, inputs, training=False):
+        token_ids, start_of_sequence, padding_mask = _unpack_inputs(inputs)
+        batch = token_ids.shape[0]
+        if self._lanes is None:
+            raise ValueError(
+                "Stateful calls need a static batch size to create the lanes. Received: "
+                f"token_ids.shape={tuple(token_ids.shape)}. Use call_with_state() instead."
+            )
+        if batch is not None and batch != self.lane_batch_size:
+            raise ValueError(
+                f"The model carries {self.lane_batch_size} lanes (batch rows) from batch to "
+                f"batch; every batch must have that many rows (use drop_remainder=True). "
+                f"Received: token_ids.shape={tuple(token_ids.shape)}. For another batch size "
+                "use call_with_state() or a new model."
+            )
+        lanes = dict(self._lanes["train" if training else "eval"])
+        reset = ops.convert_to_tensor(lanes.pop("reset")) > 0  # (B,)
+        if start_of_sequence is not None:
+            reset = ops.logical_or(reset, ops.cast(start_of_sequence, "bool"))
+        state = {name: ops.stop_gradient(ops.convert_to_tensor(v)) for name, v in lanes.items()}
+        logits, new_state = self.call_with_state(
+            token_ids, state, reset, padding_mask, training=training
+        )
+        for name, variable in lanes.items():
+            variable.assign(ops.cast(ops.stop_gradient(new_state[name]), variable.dtype))
+        self._lanes["train" if training else "eval"]["reset"].assign(ops.zeros_like(reset, "int32"))
+        return logits
+
+    def compute_output_spec(self, inputs, training=False):
+        token_ids = inputs["token_ids"] if isinstance(inputs, dict) else inputs
+        return keras.KerasTensor(
+            tuple(token_ids.shape) + (self.backbone.vocabulary_size,), dtype="float32"
+        )
+
+    # === Training entry points ===
+
+    def compile(self, optimizer="auto", loss="auto", weighted_metrics="auto", **kwargs):
+        """`keras.Model.compile` with defaults for language modeling.
+
+        `"auto"` gives AdamW (learning rate 1e-3), sparse cross-entropy on the
+        float32 logits and weighted token accuracy (weights mask padding).
+        """
+        if optimizer == "auto":
+            optimizer = keras.optimizers.AdamW(1e-3)
+        if loss == "auto":
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        if weighted_metrics == "auto":
+            weighted_metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+        super().compile(optimizer=optimizer, loss=loss, weighted_metrics=weighted_metrics, **kwargs)
+
+    def compile_from_config(self, config):
+        """Re-compiles a loaded model with the optimizer, loss and metrics it was saved with."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    def evaluate(self, *args, **kwargs):
+        """`keras.Model.evaluate` starting from fresh inference lanes."""
+        self.reset_state("eval")
+        return super().evaluate(*args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        """`keras.Model.predict` starting from fresh inference lanes."""
+        self.reset_state("eval")
+        return super().predict(*args, **kwargs)
+
+    # === Presets and config ===
+
+    @classmethod
+    def from_preset(cls, preset, **overrides):
+        """A causal LM on `BlockRecurrentTransformerBackbone.from_preset(preset, **overrides)`."""
+        return cls(BlockRecurrentTransformerBackbone.from_preset(preset, **overrides))
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "backbone": keras.saving.serialize_keras_object(self.backbone),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        return cls(**config)
