@@ -146,7 +146,7 @@ class BlockRecurrentCell(DropoutRNNCell, keras.layers.Layer):
         self.relative_position_max_distance = relative_position_max_distance
         self.attention_scale_init = attention_scale_init
         self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.seed_generator = keras.random.SeedGenerator(seed) if dropout > 0 else None
         self.state_size = -1  # Custom shapes: see get_initial_state().
         self.output_size = hidden_dim
         self._window_mask = window_mask(block_size)

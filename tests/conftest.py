@@ -1,0 +1,29 @@
+"""Test configuration: backend banner, seeds, and the `slow` marker.
+
+The suite runs on the backend named by KERAS_BACKEND (CI runs it on tensorflow
+and on jax). Tests marked `slow` train small models; they run by default (CI
+runs them) and `-m "not slow"` skips them for a quick local pass.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import pytest  # noqa: E402
+
+
+def pytest_report_header(config):
+    return f"keras {keras.__version__}, backend {keras.backend.backend()}"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: trains a model (seconds to a minute)")
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_policy():
+    keras.utils.set_random_seed(1234)
+    policy = keras.config.dtype_policy()
+    yield
+    keras.config.set_dtype_policy(policy)
