@@ -227,6 +227,21 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
             weighted_metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
         super().compile(optimizer=optimizer, loss=loss, weighted_metrics=weighted_metrics, **kwargs)
 
+    def fit(self, *args, shuffle=False, **kwargs):
+        """`keras.Model.fit` that keeps batch rows in their lanes.
+
+        Rows are never shuffled (row i of every batch is lane i). With arrays,
+        row `s * batch_size + i` is segment s of lane i; with a `tf.data`
+        pipeline, shuffle documents before they are cut into lanes.
+        """
+        if shuffle:
+            raise ValueError(
+                "Stateful training carries batch row i to the next batch of lane i, so rows "
+                "must not be shuffled; shuffle documents before cutting them into lanes. "
+                f"Received: shuffle={shuffle!r}"
+            )
+        return super().fit(*args, shuffle=False, **kwargs)
+
     def compile_from_config(self, config):
         """Re-compiles a loaded model with the optimizer, loss and metrics it was saved with."""
         self.compile(**keras.saving.deserialize_keras_object(config))
