@@ -5,7 +5,7 @@ import math
 import keras
 from keras import ops
 
-from keras_brt.models.backbone import BlockRecurrentTransformerBackbone
+from keras_brt.models.backbone import BlockRecurrentTransformerBackbone, concrete_value
 
 
 def _unpack_inputs(inputs):
@@ -23,6 +23,19 @@ def _unpack_inputs(inputs):
             )
         return inputs["token_ids"], inputs.get("start_of_sequence"), inputs.get("padding_mask")
     return inputs, None, None
+
+
+def _lane_count(x, batch_size):
+    """The batch size of the first batch `fit`/`evaluate`/`predict` will see, if knowable."""
+    if hasattr(x, "element_spec"):  # A tf.data.Dataset, checked without importing TF.
+        spec = x.element_spec
+        spec = spec[0] if isinstance(spec, tuple) else spec
+        spec = spec["token_ids"] if isinstance(spec, dict) else spec
+        return spec.shape[0]
+    token_ids = x.get("token_ids") if isinstance(x, dict) else x
+    if hasattr(token_ids, "shape") and len(token_ids.shape) == 2:
+        return min(batch_size or 32, token_ids.shape[0])
+    return None
 
 
 @keras.saving.register_keras_serializable(package="keras_brt")
@@ -82,11 +95,18 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
     # === Building and carried lanes ===
 
     def build(self, inputs_shape=None):
+        """Builds the backbone and, when the batch size is known, the carried lanes."""
         shape = inputs_shape["token_ids"] if isinstance(inputs_shape, dict) else inputs_shape
         self.backbone.build()
         if shape is not None and shape[0] is not None and self._lanes is None:
             self._create_lanes(int(shape[0]))
         self.built = True
+
+    def _ensure_lanes(self, x, batch_size=None):
+        if self._lanes is None:
+            count = _lane_count(x, batch_size)
+            if count is not None:
+                self.build({"token_ids": (count, None)})
 
     def _create_lanes(self, batch_size):
         # Lanes start flagged for reset, so their first batch reads the learned
@@ -162,6 +182,8 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
             of the last block as null padding (right to end a document; stream
             in multiples of W to continue one).
         """
+        if not self.built:
+            self.build()
         hidden, new_state = self.backbone(
             token_ids,
             state=state,
@@ -180,10 +202,13 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
     def call(self, inputs, training=False):
         token_ids, start_of_sequence, padding_mask = _unpack_inputs(inputs)
         batch = token_ids.shape[0]
+        if self._lanes is None and batch is not None and concrete_value(token_ids) is not None:
+            self._create_lanes(batch)  # A first eager stateful call.
         if self._lanes is None:
             raise ValueError(
                 "Stateful calls need a static batch size to create the lanes. Received: "
-                f"token_ids.shape={tuple(token_ids.shape)}. Use call_with_state() instead."
+                f"token_ids.shape={tuple(token_ids.shape)}. Build the lanes first with "
+                "lm.build({'token_ids': (batch_size, length)}), or use call_with_state()."
             )
         if batch is not None and batch != self.lane_batch_size:
             raise ValueError(
@@ -227,7 +252,7 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
             weighted_metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
         super().compile(optimizer=optimizer, loss=loss, weighted_metrics=weighted_metrics, **kwargs)
 
-    def fit(self, *args, shuffle=False, **kwargs):
+    def fit(self, x=None, y=None, batch_size=None, shuffle=False, **kwargs):
         """`keras.Model.fit` that keeps batch rows in their lanes.
 
         Rows are never shuffled (row i of every batch is lane i). With arrays,
@@ -240,7 +265,8 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
                 "must not be shuffled; shuffle documents before cutting them into lanes. "
                 f"Received: shuffle={shuffle!r}"
             )
-        return super().fit(*args, shuffle=False, **kwargs)
+        self._ensure_lanes(x, batch_size)
+        return super().fit(x, y, batch_size=batch_size, shuffle=False, **kwargs)
 
     def compile_from_config(self, config):
         """Re-compiles a loaded model with the optimizer, loss and metrics it was saved with."""
@@ -248,15 +274,17 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
         if self.built:
             self.optimizer.build(self.trainable_variables)
 
-    def evaluate(self, *args, **kwargs):
+    def evaluate(self, x=None, y=None, batch_size=None, **kwargs):
         """`keras.Model.evaluate` starting from fresh inference lanes."""
+        self._ensure_lanes(x, batch_size)
         self.reset_state("eval")
-        return super().evaluate(*args, **kwargs)
+        return super().evaluate(x, y, batch_size=batch_size, **kwargs)
 
-    def predict(self, *args, **kwargs):
+    def predict(self, x, batch_size=None, **kwargs):
         """`keras.Model.predict` starting from fresh inference lanes."""
+        self._ensure_lanes(x, batch_size)
         self.reset_state("eval")
-        return super().predict(*args, **kwargs)
+        return super().predict(x, batch_size=batch_size, **kwargs)
 
     # === Presets and config ===
 

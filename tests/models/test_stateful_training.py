@@ -12,10 +12,13 @@ def _segment(ids, sos):
 
 
 def _frozen_fit(lm, segments):
-    """fit() one batch per segment with a zero learning rate: weights stay put."""
+    """One fit() over consecutive segments (one batch each), zero learning rate."""
     lm.compile(optimizer=keras.optimizers.SGD(0.0), jit_compile=True)
-    for x in segments:
-        lm.fit(x, x["token_ids"], batch_size=2, epochs=1, verbose=0)
+    x = {
+        key: np.concatenate([segment[key] for segment in segments])
+        for key in ("token_ids", "start_of_sequence")
+    }
+    lm.fit(x, x["token_ids"], batch_size=2, epochs=1, verbose=0)
 
 
 def test_fit_carries_each_lane_and_resets_rows_at_start_of_sequence():
@@ -39,7 +42,7 @@ def test_first_batch_starts_from_the_initial_state_and_reset_state_restarts_lane
     for name, value in numpy_state(fresh).items():
         np.testing.assert_allclose(np.asarray(lm.lane_state()[name]), value, atol=1e-5)
     lm.reset_state()
-    _frozen_fit(lm, [_segment(seg[1], [False, False])])
+    lm.fit(_segment(seg[1], [False, False]), seg[1], batch_size=2, verbose=0)
     _, fresh = lm.call_with_state(seg[1])
     for name, value in numpy_state(fresh).items():
         np.testing.assert_allclose(np.asarray(lm.lane_state()[name]), value, atol=1e-5)
