@@ -102,15 +102,33 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
             self._create_lanes(int(shape[0]))
         self.built = True
 
+    def get_build_config(self):
+        # The lanes are part of the saved state: record their count, however
+        # they were created, so a loaded model has the same variables.
+        if not self.built:
+            return None
+        return {"lane_batch_size": self.lane_batch_size if self._lanes is not None else None}
+
+    def build_from_config(self, config):
+        self.build()
+        if config.get("lane_batch_size") and self._lanes is None:
+            self._create_lanes(int(config["lane_batch_size"]))
+
     def _ensure_lanes(self, x, batch_size=None):
         if self._lanes is None:
             count = _lane_count(x, batch_size)
             if count is not None:
-                self.build({"token_ids": (count, None)})
+                if not self.built:
+                    self.build()
+                self._create_lanes(count)
 
     def _create_lanes(self, batch_size):
         # Lanes start flagged for reset, so their first batch reads the learned
         # initial state (which may change during training) instead of zeros.
+        # They may be created after build() (once a first batch shows the batch
+        # size), so unlock the variable tracker as Keras's own quantize() does.
+        locked = self._tracker.locked
+        self._tracker.unlock()
         self._lanes = {}
         for mode in ("train", "eval"):
             lanes = {
@@ -132,6 +150,8 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
             )
             self._lanes[mode] = lanes
         self.lane_batch_size = batch_size
+        if locked:
+            self._tracker.lock()
 
     def reset_state(self, mode=None):
         """Resets every lane: its next batch starts from the initial state.

@@ -1,0 +1,18 @@
+"""Data for long-document language modeling: sources, tokenizers, lane streaming.
+
+This subpackage uses TensorFlow (tf.data, tensorflow-text); the modeling code in
+`keras_brt.layers` and `keras_brt.models` does not.
+"""
+
+from keras_brt.data.sources import FolderSource, IterableSource, stdlib_source
+from keras_brt.data.streaming import lane_batches, lane_dataset
+from keras_brt.data.tokenizers import ByteTokenizer
+
+__all__ = [
+    "ByteTokenizer",
+    "FolderSource",
+    "IterableSource",
+    "lane_batches",
+    "lane_dataset",
+    "stdlib_source",
+]
