@@ -6,13 +6,15 @@ This subpackage uses TensorFlow (tf.data, tensorflow-text); the modeling code in
 
 from keras_brt.data.sources import FolderSource, IterableSource, stdlib_source
 from keras_brt.data.streaming import lane_batches, lane_dataset
-from keras_brt.data.tokenizers import ByteTokenizer
+from keras_brt.data.tokenizers import ByteTokenizer, SentencePieceTokenizer, train_sentencepiece
 
 __all__ = [
     "ByteTokenizer",
     "FolderSource",
     "IterableSource",
+    "SentencePieceTokenizer",
     "lane_batches",
     "lane_dataset",
     "stdlib_source",
+    "train_sentencepiece",
 ]
