@@ -33,9 +33,10 @@ from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
 from keras_brt.layers.attention import attend, l2_normalize, window_mask
 from keras_brt.layers.common import (
     FeedForward,
+    check_choice,
     check_positive_int,
     check_rate,
-    dense_initializer,
+    dense,
     resolve_head_dim,
     rms_norm,
     split_heads,
@@ -127,12 +128,8 @@ class BlockRecurrentCell(DropoutRNNCell, keras.layers.Layer):
         check_positive_int("num_state_vectors", num_state_vectors)
         check_positive_int("intermediate_dim", intermediate_dim, allow_none=True)
         check_rate("dropout", dropout)
-        if gate not in GATES:
-            raise ValueError(f"`gate` must be one of {GATES}. Received: gate={gate!r}")
-        if state_mlp not in STATE_MLPS:
-            raise ValueError(
-                f"`state_mlp` must be one of {STATE_MLPS}. Received: state_mlp={state_mlp!r}"
-            )
+        check_choice("gate", gate, GATES)
+        check_choice("state_mlp", state_mlp, STATE_MLPS)
         self.hidden_dim = hidden_dim
         self.num_heads = num_heads
         self.block_size = block_size
@@ -165,17 +162,8 @@ class BlockRecurrentCell(DropoutRNNCell, keras.layers.Layer):
         tokens = (None, self.block_size, d)
         states = (None, s, d)
 
-        def dense(units, name, input_dim, activation=None):
-            layer = keras.layers.Dense(
-                units,
-                activation=activation,
-                use_bias=False,
-                kernel_initializer=dense_initializer(),
-                dtype=self.dtype_policy,
-                name=name,
-            )
-            layer.build((None, input_dim))
-            return layer
+        def projection(units, name, input_dim, activation=None):
+            return dense(units, name, self.dtype_policy, input_dim, activation)
 
         def scale(name):
             return self.add_weight(
@@ -187,8 +175,8 @@ class BlockRecurrentCell(DropoutRNNCell, keras.layers.Layer):
         # Token side ("tbase"): norm, fused Q/K/V/Q2, out projection, MLP.
         self.token_norm = rms_norm("token_norm", self.dtype_policy)
         self.token_norm.build(tokens)
-        self.token_qkv_dense = dense(4 * hk, "token_qkv_dense", d)
-        self.token_output_dense = dense(d, "token_output_dense", 2 * hk)
+        self.token_qkv_dense = projection(4 * hk, "token_qkv_dense", d)
+        self.token_output_dense = projection(d, "token_output_dense", 2 * hk)
         self.token_self_scale = scale("token_self_scale")
         self.token_cross_scale = scale("token_cross_scale")
         self.relative_position = RelativePositionBias(
@@ -215,19 +203,19 @@ class BlockRecurrentCell(DropoutRNNCell, keras.layers.Layer):
             initializer=keras.initializers.RandomNormal(stddev=0.1),
             name="initial_state",
         )
-        self.state_qkv_dense = dense(4 * hk, "state_qkv_dense", d)
+        self.state_qkv_dense = projection(4 * hk, "state_qkv_dense", d)
         self.state_self_scale = scale("state_self_scale")
         self.state_cross_scale = scale("state_cross_scale")
 
         # State update: "skip" and "dual" project 2HK -> D; "single" is an MLP.
         if self.state_mlp == "single":
-            self.state_hidden_dense = dense(
+            self.state_hidden_dense = projection(
                 self.intermediate_dim, "state_hidden_dense", 2 * hk, activation="relu"
             )
-            self.state_output_dense = dense(d, "state_output_dense", self.intermediate_dim)
+            self.state_output_dense = projection(d, "state_output_dense", self.intermediate_dim)
             gate_input_dim = self.intermediate_dim
         else:
-            self.state_output_dense = dense(d, "state_output_dense", 2 * hk)
+            self.state_output_dense = projection(d, "state_output_dense", 2 * hk)
             gate_input_dim = 2 * hk
         self.state_gate = get_gate(self.gate, dtype=self.dtype_policy, name="state_gate")
         self.state_gate.build(states, states, (None, s, gate_input_dim))

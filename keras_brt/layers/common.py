@@ -16,6 +16,26 @@ def rms_norm(name, dtype):
     return keras.layers.RMSNormalization(epsilon=1e-6, dtype=dtype, name=name)
 
 
+def dense(units, name, dtype, input_dim, activation=None):
+    """A built bias-free Dense layer with meliad's initialiser."""
+    layer = keras.layers.Dense(
+        units,
+        activation=activation,
+        use_bias=False,
+        kernel_initializer=dense_initializer(),
+        dtype=dtype,
+        name=name,
+    )
+    layer.build((None, input_dim))
+    return layer
+
+
+def check_choice(arg, value, choices):
+    """Raises a `ValueError` naming `arg` unless `value` is one of `choices`."""
+    if value not in choices:
+        raise ValueError(f"`{arg}` must be one of {choices}. Received: {arg}={value!r}")
+
+
 def check_positive_int(arg, value, allow_none=False):
     """Raises a `ValueError` naming `arg` unless `value` is an int >= 1."""
     if value is None and allow_none:
@@ -101,23 +121,12 @@ class FeedForward(keras.layers.Layer):
             )
         self.norm = rms_norm("norm", self.dtype_policy)
         self.norm.build(inputs_shape)
-        self.hidden_dense = keras.layers.Dense(
-            self.intermediate_dim,
-            activation="relu",
-            use_bias=False,
-            kernel_initializer=dense_initializer(),
-            dtype=self.dtype_policy,
-            name="hidden_dense",
+        self.hidden_dense = dense(
+            self.intermediate_dim, "hidden_dense", self.dtype_policy, self.hidden_dim, "relu"
         )
-        self.hidden_dense.build(inputs_shape)
-        self.output_dense = keras.layers.Dense(
-            self.hidden_dim,
-            use_bias=False,
-            kernel_initializer=dense_initializer(),
-            dtype=self.dtype_policy,
-            name="output_dense",
+        self.output_dense = dense(
+            self.hidden_dim, "output_dense", self.dtype_policy, self.intermediate_dim
         )
-        self.output_dense.build(tuple(inputs_shape[:-1]) + (self.intermediate_dim,))
         self.output_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
 
     def call(self, inputs, training=False, dropout_mask=None, return_hidden=False):

@@ -7,6 +7,8 @@ connection of the state path, `new = a ⊙ old + b ⊙ update`.
 import keras
 from keras import ops
 
+from keras_brt.layers.common import check_choice
+
 GATES = ("fixed", "lstm")
 
 
@@ -112,8 +114,5 @@ class LSTMGate(keras.layers.Layer):
 
 def get_gate(gate, **kwargs):
     """Returns a new gate layer for `gate` in `("fixed", "lstm")`."""
-    if gate == "fixed":
-        return FixedGate(**kwargs)
-    if gate == "lstm":
-        return LSTMGate(**kwargs)
-    raise ValueError(f"`gate` must be one of {GATES}. Received: gate={gate!r}")
+    check_choice("gate", gate, GATES)
+    return FixedGate(**kwargs) if gate == "fixed" else LSTMGate(**kwargs)

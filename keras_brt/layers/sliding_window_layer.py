@@ -8,7 +8,7 @@ from keras_brt.layers.common import (
     FeedForward,
     check_positive_int,
     check_rate,
-    dense_initializer,
+    dense,
     resolve_head_dim,
     rms_norm,
     split_heads,
@@ -110,22 +110,8 @@ class SlidingWindowTransformerLayer(keras.layers.Layer):
         heads = self.num_heads * self.head_dim
         self.norm = rms_norm("norm", self.dtype_policy)
         self.norm.build(inputs_shape)
-        self.qkv_dense = keras.layers.Dense(
-            3 * heads,
-            use_bias=False,
-            kernel_initializer=dense_initializer(),
-            dtype=self.dtype_policy,
-            name="qkv_dense",
-        )
-        self.qkv_dense.build(inputs_shape)
-        self.output_dense = keras.layers.Dense(
-            self.hidden_dim,
-            use_bias=False,
-            kernel_initializer=dense_initializer(),
-            dtype=self.dtype_policy,
-            name="output_dense",
-        )
-        self.output_dense.build(tuple(inputs_shape[:-1]) + (heads,))
+        self.qkv_dense = dense(3 * heads, "qkv_dense", self.dtype_policy, self.hidden_dim)
+        self.output_dense = dense(self.hidden_dim, "output_dense", self.dtype_policy, heads)
         self.relative_position = RelativePositionBias(
             self.num_heads,
             num_buckets=self.relative_position_buckets,

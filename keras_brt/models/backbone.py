@@ -4,11 +4,16 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_brt.layers.block_recurrent_cell import BlockRecurrentCell
+from keras_brt.layers.block_recurrent_cell import STATE_MLPS, BlockRecurrentCell
 from keras_brt.layers.block_recurrent_rnn import BlockRecurrentRNN
-from keras_brt.layers.common import check_positive_int, check_rate, resolve_head_dim, rms_norm
+from keras_brt.layers.common import (
+    check_choice,
+    check_positive_int,
+    check_rate,
+    resolve_head_dim,
+    rms_norm,
+)
 from keras_brt.layers.gates import GATES
-from keras_brt.layers.block_recurrent_cell import STATE_MLPS
 from keras_brt.layers.sliding_window_layer import SlidingWindowTransformerLayer
 from keras_brt.models.presets import get_preset
 
@@ -116,12 +121,8 @@ class BlockRecurrentTransformerBackbone(keras.Model):
         check_positive_int("block_size", block_size)
         check_positive_int("num_state_vectors", num_state_vectors)
         check_rate("dropout", dropout)
-        if gate not in GATES:
-            raise ValueError(f"`gate` must be one of {GATES}. Received: gate={gate!r}")
-        if state_mlp not in STATE_MLPS:
-            raise ValueError(
-                f"`state_mlp` must be one of {STATE_MLPS}. Received: state_mlp={state_mlp!r}"
-            )
+        check_choice("gate", gate, GATES)
+        check_choice("state_mlp", state_mlp, STATE_MLPS)
         if isinstance(recurrent_layers, int) or not all(
             isinstance(i, int) and not isinstance(i, bool) for i in recurrent_layers
         ):
