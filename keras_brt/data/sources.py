@@ -118,3 +118,75 @@ def stdlib_source(split="train", held_out_fraction=0.05):
     )
     source.name = f"stdlib:{split}"
     return source
+
+
+class TFDSSource:
+    """A text feature of a TensorFlow Datasets dataset, read offline from `data_dir`.
+
+    Nothing is downloaded (`download=False`): prepare the dataset once on a machine
+    with network access (`tfds build pg19 --data_dir DIR`) and copy `DIR` over.
+
+    Args:
+        name: TFDS name, optionally versioned (`"pg19"`, `"pg19:0.1.1"`).
+        split: a TFDS split, e.g. `"train"`, `"validation"`, `"train[:95%]"`.
+        data_dir: the folder holding prepared datasets.
+        feature: the text feature; default `"book_text"` for PG19, otherwise the
+            only string feature (or `"text"`).
+    """
+
+    def __init__(self, name, split="train", data_dir=None, feature=None):
+        import tensorflow_datasets as tfds
+
+        self.name = f"tfds:{name}:{split}"
+        try:
+            self._dataset, info = tfds.load(
+                name, split=split, data_dir=data_dir, download=False, with_info=True,
+                shuffle_files=False,
+            )
+        except Exception as error:  # tfds raises several types for a missing dataset
+            raise ValueError(
+                f"TFDS dataset {name!r} (split {split!r}) is not prepared in data_dir={data_dir!r}. "
+                f"This package never downloads: on a machine with network access run "
+                f"`tfds build {name.split(':')[0]} --data_dir DIR` (or `tfds.builder({name.split(':')[0]!r}, "
+                f"data_dir=DIR).download_and_prepare()`), copy DIR here and pass it as data_dir "
+                f"(--data-dir). Received: name={name!r}, data_dir={data_dir!r} ({type(error).__name__}: "
+                f"{str(error).splitlines()[0] if str(error) else ''})"
+            ) from None
+        self.info = info
+        import tensorflow as tf
+
+        text_features = [k for k, v in info.features.items() if getattr(v, "tf_dtype", None) == tf.string]
+        if feature is None:
+            if "book_text" in info.features:
+                feature = "book_text"
+            elif "text" in info.features:
+                feature = "text"
+            elif len(text_features) == 1:
+                feature = text_features[0]
+        if feature not in info.features:
+            raise ValueError(
+                f"`feature` must name a text feature of {name!r}: one of {sorted(info.features)}. "
+                f"Received: feature={feature!r}"
+            )
+        self.feature = feature
+
+    def documents(self):
+        for example in self._dataset.as_numpy_iterator():
+            text = example[self.feature]
+            text = text.decode("utf-8", errors="replace") if isinstance(text, bytes) else str(text)
+            if text:
+                yield text
+
+    @staticmethod
+    def held_out_split(name, data_dir=None):
+        """The held-out split of a prepared dataset: validation, else test, else 5% of train."""
+        import tensorflow_datasets as tfds
+
+        try:
+            splits = tfds.builder(name, data_dir=data_dir).info.splits
+        except Exception:
+            return "test"
+        for split in ("validation", "test"):
+            if split in splits:
+                return split
+        return "train[95%:]"
