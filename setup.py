@@ -30,6 +30,7 @@ setup(
         "numpy>=1.26",
         "sentencepiece>=0.2",
         "matplotlib>=3.7",
+        "tensorboard>=2.19",  # TensorFlow 2.21 no longer installs it; the TensorBoard callback needs it
     ],
     extras_require={
         # The suite runs on the TensorFlow and the JAX backends.

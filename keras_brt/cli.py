@@ -1,6 +1,7 @@
 """`keras-brt`: train and evaluate Block-Recurrent Transformers on long documents.
 
     keras-brt train                      # tiny model, built-in corpus, a few CPU minutes
+    keras-brt train --data pg19 --data-dir ~/tensorflow_datasets --tokenizer sentencepiece
     keras-brt evaluate RUN_DIR [--json]  # held-out bits per token, state carried vs cleared
 """
 
@@ -11,11 +12,19 @@ import os
 import sys
 import time
 
-RUN_FORMAT = 1  # Version of the run-directory layout; bumped on incompatible changes.
+import keras
+
+# Settings that must not change when a run is resumed.
+RESUME_KEYS = ("data", "data_dir", "pattern", "preset", "tokenizer", "vocabulary_size",
+               "batch_size", "segment_length", "optimizer", "learning_rate", "warmup_steps",
+               "dropout", "seed")
 
 
-def _data_sources(data, pattern):
-    """(train, held-out) document sources for `--data`."""
+# === Data ===
+
+
+def resolve_data(data, data_dir=None, pattern="*.txt"):
+    """`(train source, held-out source)` for `--data`: 'stdlib', a folder, or a TFDS name."""
     from keras_brt import data as brt_data
 
     if data == "stdlib":
@@ -25,145 +34,244 @@ def _data_sources(data, pattern):
             brt_data.FolderSource(data, pattern=pattern, split="train"),
             brt_data.FolderSource(data, pattern=pattern, split="test"),
         )
-    raise ValueError(
-        "`--data` must be 'stdlib' (the built-in corpus) or an existing folder of text files. "
-        f"Received: --data={data!r}"
+    if os.sep in data or data.startswith(".") or os.path.splitext(data)[1] in (".txt", ".py"):
+        raise ValueError(f"`--data` is not an existing folder. Received: --data={data!r}")
+    return (
+        brt_data.TFDSSource(data, split="train", data_dir=data_dir),
+        brt_data.TFDSSource(data, split=brt_data.TFDSSource.held_out_split(data, data_dir),
+                            data_dir=data_dir),
     )
 
 
-def _first_documents(source, count):
-    from keras_brt.data import IterableSource
+class _CountingSource:
+    """Wraps a source: yields its first `limit` documents and counts their UTF-8 bytes."""
 
-    if not count:
-        return source
-    return IterableSource(lambda: itertools.islice(source.documents(), count), name=source.name)
+    def __init__(self, source, limit=0):
+        self.source, self.limit, self.bytes = source, limit, 0
+        self.name = source.name
+
+    def documents(self):
+        self.bytes = 0
+        docs = self.source.documents()
+        for text in itertools.islice(docs, self.limit) if self.limit else docs:
+            self.bytes += len(text.encode("utf-8"))
+            yield text
 
 
-def _evaluate(lm, tokenizer, source, batch_size, segment_length, documents):
+def evaluate_run(lm, tokenizer, source, batch_size, segment_length, documents):
+    """Held-out evaluation from fresh lanes, each document to its end, state carried and cleared."""
     from keras_brt.data import lane_dataset
-    from keras_brt.training import evaluate_bits_per_token
+    from keras_brt.training import evaluate_bits_per_token, make_eval_step
 
-    source = _first_documents(source, documents)
-    results = {}
+    counted = _CountingSource(source, documents)
+    results, step = {}, make_eval_step(lm)
     for mode, clear in (("carried", False), ("cleared", True)):
-        dataset = lane_dataset(source, tokenizer, batch_size, segment_length).as_numpy_iterator()
-        results[mode] = evaluate_bits_per_token(lm, dataset, clear_state=clear)
-    return results
-
-
-def _report(results, vocabulary_size):
+        dataset = lane_dataset(counted, tokenizer, batch_size, segment_length).as_numpy_iterator()
+        results[mode] = evaluate_bits_per_token(lm, dataset, clear_state=clear, step=step)
     carried, cleared = results["carried"], results["cleared"]
-    return {
+    bits = carried["bits_per_token"] * carried["tokens"]
+    report = {
         "bits_per_token": carried["bits_per_token"],
         "bits_per_token_state_cleared": cleared["bits_per_token"],
+        "bits_per_byte": bits / counted.bytes,
+        "bits_per_byte_state_cleared": cleared["bits_per_token"] * cleared["tokens"] / counted.bytes,
         "tokens": carried["tokens"],
-        "vocabulary_size": vocabulary_size,
+        "bytes": counted.bytes,
+        "vocabulary_size": lm.backbone.vocabulary_size,
+        "data": source.name,
+    }
+    return report, results
+
+
+def _print_report(report):
+    print(
+        f"held-out bits per token: {report['bits_per_token']:.4f} with the state carried, "
+        f"{report['bits_per_token_state_cleared']:.4f} with it cleared at every segment "
+        f"(bits per byte {report['bits_per_byte']:.4f} / {report['bits_per_byte_state_cleared']:.4f}; "
+        f"{report['tokens']} tokens of {report['data']})",
+        flush=True,
+    )
+
+
+# === train ===
+
+
+class ProgressLog(keras.callbacks.Callback):
+    """One line every `every` steps, for output that is not a terminal."""
+
+    def __init__(self, every, total):
+        super().__init__()
+        self.every, self.total = every, total
+        self.start, self.first = time.time(), None
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations)
+        self.first = step - 1 if self.first is None else self.first
+        if step % self.every == 0 or step == self.total:
+            rate = (step - self.first) / max(time.time() - self.start, 1e-9)
+            metrics = " ".join(f"{k}={float(v):.4f}" for k, v in (logs or {}).items())
+            print(f"step {step}/{self.total} {metrics} ({rate:.2f} steps/s)", flush=True)
+
+
+def _settings(args, vocabulary_size):
+    import keras_brt
+
+    return {
+        "format": None,  # filled by the caller with RUN_FORMAT
+        "keras_brt_version": keras_brt.__version__,
+        "data": args.data, "data_dir": args.data_dir, "pattern": args.pattern,
+        "preset": args.preset, "tokenizer": args.tokenizer, "vocabulary_size": vocabulary_size,
+        "batch_size": args.batch_size, "segment_length": args.segment_length,
+        "optimizer": args.optimizer, "learning_rate": args.learning_rate,
+        "warmup_steps": args.warmup_steps, "dropout": args.dropout, "seed": args.seed,
+        "steps": args.steps, "checkpoint_every": args.checkpoint_every,
     }
 
 
+def _check_train_args(args):
+    for flag, value, low in (("--batch-size", args.batch_size, 1), ("--steps", args.steps, 1),
+                             ("--segment-length", args.segment_length, 1),
+                             ("--checkpoint-every", args.checkpoint_every, 1)):
+        if value < low:
+            raise ValueError(f"`{flag}` must be at least {low}. Received: {flag}={value}")
+
+
 def train(args):
-    import keras
-
     import keras_brt
-    from keras_brt.data import ByteTokenizer, lane_dataset
-    from keras_brt.training import BitsPerToken
+    from keras_brt.data import ByteTokenizer, SentencePieceTokenizer, lane_dataset, train_sentencepiece
+    from keras_brt.training import BitsPerToken, RunCheckpoint, load_checkpoint, load_tokenizer
+    from keras_brt.training import make_optimizer, runs
 
-    if args.batch_size < 1:
-        raise ValueError(f"`--batch-size` must be at least 1. Received: --batch-size={args.batch_size}")
-    if args.steps < 1:
-        raise ValueError(f"`--steps` must be at least 1. Received: --steps={args.steps}")
-    keras.utils.set_random_seed(args.seed)
-    train_source, test_source = _data_sources(args.data, args.pattern)
-    tokenizer = ByteTokenizer()
-    overrides = {"vocabulary_size": max(264, -(-tokenizer.vocabulary_size // 8) * 8)}
-    lm = keras_brt.models.BlockRecurrentTransformerCausalLM.from_preset(args.preset, **overrides)
-    block = lm.backbone.block_size
+    _check_train_args(args)
+    output = args.output
+    resuming = os.path.isfile(os.path.join(output, "run.json"))
+    if resuming and not args.resume:
+        raise ValueError(
+            f"`--output` already holds a run; pass --resume to continue it, or choose another "
+            f"--output (nothing is overwritten). Received: --output={output!r}"
+        )
+    train_source, test_source = resolve_data(args.data, args.data_dir, args.pattern)
+    preset = keras_brt.models.PRESETS.get(args.preset)
+    if preset is None:
+        raise ValueError(
+            f"Unknown preset. Available: {sorted(keras_brt.models.PRESETS)}. "
+            f"Received: --preset={args.preset!r}"
+        )
+    block = preset["config"]["block_size"]
     if args.segment_length % block:
         raise ValueError(
             f"`--segment-length` must be a multiple of the block size {block} of preset "
             f"{args.preset!r}. Received: --segment-length={args.segment_length}"
         )
-    lm.compile(
-        optimizer=keras.optimizers.AdamW(args.learning_rate, weight_decay=0.01, global_clipnorm=1.0),
-        weighted_metrics=[BitsPerToken()],
-        jit_compile=True,
-    )
-    dataset = lane_dataset(
-        train_source, tokenizer, args.batch_size, args.segment_length,
-        repeat=True, shuffle_buffer=1024, seed=args.seed,
-    )
-    os.makedirs(args.output, exist_ok=True)
+    keras.utils.set_random_seed(args.seed)
+
+    lm = None
+    if resuming:
+        run = runs.read_run(output)
+        tokenizer = load_tokenizer(output)
+        changed = {k: (run.get(k), v) for k, v in _settings(args, run.get("vocabulary_size")).items()
+                   if k in RESUME_KEYS and run.get(k) != v}
+        if changed:
+            raise ValueError(
+                "--resume continues a run with its own settings; these differ (run, command): "
+                f"{changed}. Received: --output={output!r}"
+            )
+        checkpoint = os.path.join(output, runs.CHECKPOINT)
+        if os.path.exists(checkpoint):
+            lm = load_checkpoint(checkpoint)
+    else:
+        os.makedirs(output, exist_ok=True)
+        if args.tokenizer == "sentencepiece":
+            print(f"Training a SentencePiece model ({args.vocabulary_size} pieces) on {train_source.name}",
+                  flush=True)
+            docs = itertools.islice(train_source.documents(), 2000)
+            tokenizer = SentencePieceTokenizer(train_sentencepiece(docs, args.vocabulary_size))
+        else:
+            tokenizer = ByteTokenizer()
+        runs.save_tokenizer(tokenizer, output)
+        run = _settings(args, -(-tokenizer.vocabulary_size // 8) * 8)
+        run["format"] = runs.RUN_FORMAT
+        runs.write_json(os.path.join(output, "run.json"), run)
+
+    if lm is None:
+        overrides = {"vocabulary_size": run["vocabulary_size"]}
+        if args.dropout is not None:
+            overrides["dropout"] = args.dropout
+        lm = keras_brt.models.BlockRecurrentTransformerCausalLM.from_preset(args.preset, **overrides)
+        lm.compile(
+            optimizer=make_optimizer(args.optimizer, args.steps, args.learning_rate,
+                                     args.warmup_steps, clip_norm=args.clip_norm),
+            weighted_metrics=[BitsPerToken()],
+            jit_compile=True,
+        )
+        lm.build({"token_ids": (args.batch_size, args.segment_length)})
+    start_step = int(lm.optimizer.iterations)
+    remaining = args.steps - start_step
     print(
-        f"Training {args.preset} on "
-        f"{train_source.name}: {args.steps} steps of {args.batch_size} lanes x "
-        f"{args.segment_length} tokens, backend {keras.backend.backend()}",
+        f"{'Resuming' if start_step else 'Training'} {args.preset} on {train_source.name} "
+        f"(backend {keras.backend.backend()}): step {start_step} of {args.steps}, "
+        f"{args.batch_size} lanes x {args.segment_length} tokens, {args.tokenizer} tokenizer "
+        f"({run['vocabulary_size']} ids)",
         flush=True,
     )
-    start = time.time()
-    lm.fit(dataset, steps_per_epoch=args.steps, epochs=1, verbose=1 if sys.stdout.isatty() else 2)
-    lm.save(os.path.join(args.output, "model.keras"))
-    run = {
-        "format": RUN_FORMAT,
-        "keras_brt_version": keras_brt.__version__,
-        "preset": args.preset,
-        "tokenizer": "bytes",
-        "data": args.data,
-        "pattern": args.pattern,
-        "batch_size": args.batch_size,
-        "segment_length": args.segment_length,
-        "steps": args.steps,
-        "train_seconds": round(time.time() - start, 1),
-    }
-    with open(os.path.join(args.output, "run.json"), "w") as f:
-        json.dump(run, f, indent=2)
-    results = _evaluate(lm, tokenizer, test_source, args.batch_size, args.segment_length,
-                        args.eval_documents)
-    report = _report(results, lm.backbone.vocabulary_size)
-    with open(os.path.join(args.output, "evaluation.json"), "w") as f:
-        json.dump(report, f, indent=2)
-    print(
-        f"held-out bits per token: {report['bits_per_token']:.4f} with the state carried, "
-        f"{report['bits_per_token_state_cleared']:.4f} with it cleared at every segment "
-        f"({report['tokens']} tokens of {test_source.name}); run saved in {args.output}"
-    )
+    if remaining > 0:
+        dataset = lane_dataset(
+            train_source, tokenizer, args.batch_size, args.segment_length,
+            repeat=True, shuffle_buffer=1024, seed=args.seed,
+        ).skip(start_step)  # The lane stream is deterministic: skip what was trained on.
+        checkpoints = RunCheckpoint(output, args.checkpoint_every)
+        callbacks = [
+            checkpoints,
+            keras.callbacks.TensorBoard(os.path.join(output, "logs"), update_freq=args.log_every),
+            keras.callbacks.CSVLogger(os.path.join(output, "history.csv"), append=True),
+        ]
+        interactive = sys.stdout.isatty()
+        if not interactive:
+            callbacks.append(ProgressLog(args.log_every, args.steps))
+        lm.fit(dataset, steps_per_epoch=remaining, epochs=1, callbacks=callbacks,
+               verbose=1 if interactive else 0)
+        checkpoints.set_model(lm)
+        checkpoints.save()
+    lm.save(os.path.join(output, "model.keras"))
+    report, results = evaluate_run(lm, tokenizer, test_source, args.batch_size, args.segment_length,
+                                   args.eval_documents)
+    runs.write_json(os.path.join(output, "evaluation.json"), report)
+    runs.plot_loss_by_position(results, os.path.join(output, "loss_by_position.png"),
+                               f"{args.preset} on {test_source.name}")
+    _print_report(report)
+    print(f"run saved in {output}")
     return report
 
 
-def _load_run(run_dir):
-    import keras
-
-    import keras_brt  # noqa: F401  (registers the serializable classes)
-
-    path = os.path.join(run_dir, "run.json")
-    if not os.path.isfile(path):
-        raise ValueError(f"`RUN_DIR` must be a directory written by `keras-brt train`. Received: {run_dir!r}")
-    with open(path) as f:
-        run = json.load(f)
-    if run.get("format") != RUN_FORMAT:
-        raise ValueError(
-            f"The run directory was written by an incompatible keras_brt version "
-            f"({run.get('keras_brt_version')!r}, format {run.get('format')!r}; this version reads "
-            f"format {RUN_FORMAT}). Received: {run_dir!r}"
-        )
-    lm = keras.saving.load_model(os.path.join(run_dir, "model.keras"))
-    return run, lm
+# === evaluate ===
 
 
 def evaluate(args):
-    from keras_brt.data import ByteTokenizer
+    from keras_brt.training import load_checkpoint, load_tokenizer, runs
 
-    run, lm = _load_run(args.run_dir)
-    _, test_source = _data_sources(args.data or run["data"], args.pattern or run["pattern"])
-    results = _evaluate(lm, ByteTokenizer(), test_source, run["batch_size"], run["segment_length"],
-                        args.eval_documents)
-    report = _report(results, lm.backbone.vocabulary_size)
-    print(
-        f"held-out bits per token: {report['bits_per_token']:.4f} carried, "
-        f"{report['bits_per_token_state_cleared']:.4f} cleared ({report['tokens']} tokens)"
-    )
+    run = runs.read_run(args.run_dir)
+    model_path = os.path.join(args.run_dir, "model.keras")
+    if not os.path.exists(model_path):
+        model_path = os.path.join(args.run_dir, runs.CHECKPOINT)
+    if not os.path.exists(model_path):
+        raise ValueError(f"The run directory holds no model yet. Received: run_dir={args.run_dir!r}")
+    lm = load_checkpoint(model_path)
+    tokenizer = load_tokenizer(args.run_dir)
+    data = args.data or run["data"]
+    _, test_source = resolve_data(data, args.data_dir or run.get("data_dir"),
+                                  args.pattern or run.get("pattern", "*.txt"))
+    report, results = evaluate_run(lm, tokenizer, test_source, run["batch_size"],
+                                   run["segment_length"], args.eval_documents)
+    plot = args.plot or os.path.join(args.run_dir, "evaluation_loss_by_position.png")
+    runs.plot_loss_by_position(results, plot, f"{run['preset']} on {test_source.name}")
+    _print_report(report)
+    print(f"plot written to {plot}")
     if args.json:
         print(json.dumps(report))
     return report
+
+
+# === Command line ===
 
 
 def build_parser():
@@ -172,24 +280,40 @@ def build_parser():
 
     p = commands.add_parser("train", help="train a model (defaults: tiny preset, built-in corpus)")
     p.add_argument("--data", default="stdlib",
-                   help="'stdlib' (the Python standard library sources) or a folder of text files")
+                   help="'stdlib' (this Python's standard library sources, the default corpus), a "
+                        "folder of text files, or a TFDS name prepared in --data-dir (e.g. pg19)")
+    p.add_argument("--data-dir", default=None, help="TFDS data_dir (nothing is downloaded)")
     p.add_argument("--pattern", default="*.txt", help="file-name pattern inside a --data folder")
     p.add_argument("--preset", default="tiny_rec_fixed_skip")
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--tokenizer", choices=("bytes", "sentencepiece"), default="bytes")
+    p.add_argument("--vocabulary-size", type=int, default=2048, help="SentencePiece pieces")
+    p.add_argument("--steps", type=int, default=300, help="total training steps")
     p.add_argument("--batch-size", type=int, default=8, help="lanes (document streams) per step")
     p.add_argument("--segment-length", type=int, default=512, help="tokens per lane per step")
-    p.add_argument("--learning-rate", type=float, default=2e-3)
-    p.add_argument("--eval-documents", type=int, default=12,
+    p.add_argument("--optimizer", choices=("adamw", "adafactor"), default="adamw",
+                   help="adamw + cosine decay, or the paper's adafactor + inverse-sqrt decay")
+    p.add_argument("--learning-rate", type=float, default=None,
+                   help="peak rate (adamw, default 1e-3) or curve scale (adafactor, default 1.0)")
+    p.add_argument("--warmup-steps", type=int, default=None)
+    p.add_argument("--clip-norm", type=float, default=1.0)
+    p.add_argument("--dropout", type=float, default=None, help="default: the preset's")
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--log-every", type=int, default=25)
+    p.add_argument("--eval-documents", type=int, default=8,
                    help="held-out documents to evaluate, each to its end (0: all)")
     p.add_argument("--output", default=os.path.join("runs", "latest"))
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --output from its last checkpoint")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=train)
 
     p = commands.add_parser("evaluate", help="held-out bits per token of a trained run")
     p.add_argument("run_dir")
     p.add_argument("--data", default=None, help="default: the data the run was trained on")
+    p.add_argument("--data-dir", default=None)
     p.add_argument("--pattern", default=None)
-    p.add_argument("--eval-documents", type=int, default=12)
+    p.add_argument("--eval-documents", type=int, default=8)
+    p.add_argument("--plot", default=None, help="PNG path (default: in RUN_DIR)")
     p.add_argument("--json", action="store_true", help="end with one line of JSON")
     p.set_defaults(func=evaluate)
     return parser

@@ -21,6 +21,14 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: trains a model (seconds to a minute)")
 
 
+# For heavy tests whose subject does not depend on the Keras backend (or that
+# already cover both backends themselves): CI runs them once, in the TensorFlow pass.
+tensorflow_pass_only = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="backend-independent; runs once, in the TensorFlow pass",
+)
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_policy():
     keras.utils.set_random_seed(1234)

@@ -4,7 +4,7 @@ This subpackage uses TensorFlow (tf.data, tensorflow-text); the modeling code in
 `keras_brt.layers` and `keras_brt.models` does not.
 """
 
-from keras_brt.data.sources import FolderSource, IterableSource, stdlib_source
+from keras_brt.data.sources import FolderSource, IterableSource, TFDSSource, stdlib_source
 from keras_brt.data.streaming import lane_batches, lane_dataset
 from keras_brt.data.tokenizers import ByteTokenizer, SentencePieceTokenizer, train_sentencepiece
 
@@ -13,6 +13,7 @@ __all__ = [
     "FolderSource",
     "IterableSource",
     "SentencePieceTokenizer",
+    "TFDSSource",
     "lane_batches",
     "lane_dataset",
     "stdlib_source",

@@ -48,6 +48,12 @@ class FolderSource:
             raise ValueError(
                 f"No file matching {pattern!r} (split={split!r}) under `path`. Received: path={path!r}"
             )
+        if next(self.documents(), None) is None:
+            raise ValueError(
+                f"None of the {len(self.files)} files matching {pattern!r} under `path` holds readable "
+                f"text. Received: path={path!r}"
+            )
+        self.stats = {"files": 0, "files_with_encoding_errors": 0, "unreadable_files": 0}
 
     def _list_files(self):
         files = []

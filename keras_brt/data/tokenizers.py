@@ -79,7 +79,7 @@ def train_sentencepiece(documents, vocabulary_size=4096, model_type="unigram", m
 
     Args:
         documents: an iterable of `str`.
-        vocabulary_size: number of pieces.
+        vocabulary_size: number of pieces (at most; a small corpus may give fewer).
         model_type: `"unigram"` or `"bpe"`.
         max_lines: cap on the training lines, taken in document order (the
             training is deterministic for the same documents).
@@ -121,6 +121,7 @@ def train_sentencepiece(documents, vocabulary_size=4096, model_type="unigram", m
         user_defined_symbols=["\n", "\t"],
         allow_whitespace_only_pieces=True,
         character_coverage=0.9995,
+        hard_vocab_limit=False,  # A small corpus may support fewer pieces: take what it has.
         minloglevel=2,
     )
     return model.getvalue()

@@ -1,6 +1,17 @@
-"""Training utilities: metrics and held-out evaluation."""
+"""Training utilities: metrics, optimizers, held-out evaluation, run directories."""
 
 from keras_brt.training.evaluation import evaluate_bits_per_token, make_eval_step
 from keras_brt.training.metrics import BitsPerToken
+from keras_brt.training.optimizers import InverseSquareRootDecay, make_optimizer
+from keras_brt.training.runs import RunCheckpoint, load_checkpoint, load_tokenizer
 
-__all__ = ["BitsPerToken", "evaluate_bits_per_token", "make_eval_step"]
+__all__ = [
+    "BitsPerToken",
+    "InverseSquareRootDecay",
+    "RunCheckpoint",
+    "evaluate_bits_per_token",
+    "load_checkpoint",
+    "load_tokenizer",
+    "make_eval_step",
+    "make_optimizer",
+]

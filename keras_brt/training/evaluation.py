@@ -19,29 +19,41 @@ def compile_function(lm, fn):
     if backend == "jax":
         import jax
 
-        variables = lm.variables
+        compiled = {}
 
-        def stateless(values, *args):
-            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
-                return fn(*args)
+        def run(*args):
+            if not lm.built:
+                lm.build()  # Variables must exist before tracing, or they would be baked in.
+            variables = lm.variables
+            key = tuple(id(v) for v in variables)
+            if key not in compiled:
 
-        jitted = jax.jit(stateless)
-        return lambda *args: jitted([v.value for v in variables], *args)
+                def stateless(values, *inner):
+                    with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                        return fn(*inner)
+
+                compiled[key] = jax.jit(stateless)
+            return compiled[key]([v.value for v in variables], *args)
+
+        return run
     return fn
 
 
-def make_eval_step(lm, clear_state=False):
-    """A compiled step: `(x, y, weights, state) -> (nats (B, T), new_state)`.
+def make_eval_step(lm):
+    """A compiled step: `(x, y, weights, state, clear) -> (nats (B, T), new_state)`.
 
-    With `clear_state`, every recurrent layer's state vectors restart from the
-    learned initial state at each segment (keys/values of the window are still
-    carried): the paper's check that the model really uses its state.
+    With `clear` true, every recurrent layer's state vectors restart from the
+    learned initial state at this segment (keys/values of the window are still
+    carried): the paper's check that the model really uses its state. `clear`
+    is a tensor, so both modes share one compiled function.
     """
 
-    def step(x, y, weights, state):
-        if clear_state:
-            initial = lm.initial_state(ops.shape(x["token_ids"])[0])
-            state = {k: (initial[k] if k.endswith("_state") else v) for k, v in state.items()}
+    def step(x, y, weights, state, clear):
+        initial = lm.initial_state(ops.shape(x["token_ids"])[0])
+        state = {
+            k: (ops.where(clear, ops.cast(initial[k], v.dtype), v) if k.endswith("_state") else v)
+            for k, v in state.items()
+        }
         logits, new_state = lm.call_with_state(
             x["token_ids"], state, x["start_of_sequence"], x["padding_mask"]
         )
@@ -51,7 +63,7 @@ def make_eval_step(lm, clear_state=False):
     return compile_function(lm, step)
 
 
-def evaluate_bits_per_token(lm, dataset, clear_state=False, max_batches=None):
+def evaluate_bits_per_token(lm, dataset, clear_state=False, max_batches=None, step=None):
     """Bits per token over a lane dataset, from fresh lanes, documents run to their end.
 
     Args:
@@ -60,13 +72,16 @@ def evaluate_bits_per_token(lm, dataset, clear_state=False, max_batches=None):
             (`keras_brt.data.lane_dataset` without `repeat`).
         clear_state: reset the recurrent state vectors at every segment.
         max_batches: stop early (the result then covers partial documents).
+        step: a function from `make_eval_step(lm)` to reuse (saves a compile).
 
     Returns:
-        A dict with `bits_per_token`, `tokens` and `loss_by_position`: mean
-        bits per token by position inside documents, one value per
-        `POSITION_BUCKET` tokens counted from the document start.
+        A dict with `bits_per_token`, `tokens`, and `loss_by_position` /
+        `tokens_by_position`: mean bits per token and token counts by
+        position inside documents, one value per `POSITION_BUCKET` tokens
+        counted from the document start.
     """
-    step = make_eval_step(lm, clear_state)
+    step = step or make_eval_step(lm)
+    clear = np.array(bool(clear_state))
     state, position = None, None
     total, count = 0.0, 0.0
     sums, counts = np.zeros(0), np.zeros(0)  # bits by position bucket inside documents
@@ -80,7 +95,7 @@ def evaluate_bits_per_token(lm, dataset, clear_state=False, max_batches=None):
             state = lm.initial_state(batch)
             position = np.zeros((batch,), np.int64)
         position = np.where(x["start_of_sequence"], 0, position)
-        nats, state = step(x, y, weights, state)
+        nats, state = step(x, y, weights, state, clear)
         nats = np.asarray(nats, np.float64)
         total += float(nats.sum())
         count += float(weights.sum())
@@ -98,4 +113,5 @@ def evaluate_bits_per_token(lm, dataset, clear_state=False, max_batches=None):
     with np.errstate(invalid="ignore", divide="ignore"):
         curve = sums / counts / math.log(2.0)
     return {"bits_per_token": total / count / math.log(2.0), "tokens": int(count),
-            "loss_by_position": curve, "position_bucket": POSITION_BUCKET}
+            "loss_by_position": curve, "tokens_by_position": counts,
+            "position_bucket": POSITION_BUCKET}

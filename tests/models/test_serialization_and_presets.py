@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import keras_brt
+from tests.conftest import tensorflow_pass_only
 from tests.models.common import TINY, W, make_lm, token_ids
 
 Backbone = keras_brt.models.BlockRecurrentTransformerBackbone
@@ -88,6 +89,7 @@ def test_paper_presets_match_the_paper_configuration():
 
 
 @pytest.mark.slow
+@tensorflow_pass_only
 def test_paper_sizes_have_the_paper_parameter_counts():
     """meliad's medium_150M: 12 x 12.58M non-embedding parameters; recurrence adds ~9M."""
 
@@ -102,6 +104,7 @@ def test_paper_sizes_have_the_paper_parameter_counts():
     assert 8.5e6 < rec - slide < 9.9e6, rec - slide
 
 
+@tensorflow_pass_only  # it runs the other backend itself
 def test_same_logits_on_tensorflow_and_jax_from_one_weights_file(tmp_path):
     this = keras.backend.backend()
     other = "jax" if this == "tensorflow" else "tensorflow"

@@ -1,0 +1,151 @@
+"""`keras-brt train` / `evaluate`: run directories, errors, resuming after a kill."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from keras_brt import cli
+from tests.conftest import tensorflow_pass_only
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = ["--batch-size", "2", "--segment-length", "64", "--eval-documents", "2", "--log-every", "2"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """40 small text files with structure worth learning."""
+    folder = tmp_path_factory.mktemp("corpus")
+    rng = np.random.default_rng(0)
+    names = ["alpha", "beta", "gamma", "delta", "omega"]
+    for i in range(40):
+        title = rng.choice(names)
+        lines = [f"# {title} {i}"] + [f"{title} = {title} + {j}  # step {j}" for j in range(rng.integers(8, 20))]
+        (folder / f"doc{i:02d}.txt").write_text("\n".join(lines) + "\n")
+    return str(folder)
+
+
+def test_train_writes_a_complete_run_and_evaluate_reports_json(corpus, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert cli.main(["train", "--data", corpus, "--steps", "6", "--checkpoint-every", "3",
+                     "--output", out, *SMALL]) == 0
+    for name in ("run.json", "tokenizer.json", "checkpoint.keras", "model.keras", "evaluation.json",
+                 "loss_by_position.png", "history.csv"):
+        assert os.path.exists(os.path.join(out, name)), name
+    assert os.listdir(os.path.join(out, "logs"))  # TensorBoard event files
+    with open(os.path.join(out, "loss_by_position.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert "with the state carried" in capsys.readouterr().out
+    assert cli.main(["evaluate", out, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(report) >= {"bits_per_token", "bits_per_token_state_cleared", "tokens", "vocabulary_size"}
+    assert report["vocabulary_size"] == 264 and report["tokens"] > 0
+    assert report["bits_per_byte"] == pytest.approx(report["bits_per_token"])  # bytes tokenizer
+    with open(os.path.join(out, "evaluation.json")) as f:
+        assert json.load(f)["tokens"] == report["tokens"]
+
+
+@tensorflow_pass_only
+def test_sentencepiece_runs_store_their_tokenizer(corpus, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert cli.main(["train", "--data", corpus, "--steps", "2", "--tokenizer", "sentencepiece",
+                     "--vocabulary-size", "1000", "--output", out, *SMALL]) == 0
+    assert os.path.exists(os.path.join(out, "tokenizer.model"))
+    capsys.readouterr()
+    assert cli.main(["evaluate", out, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    with open(os.path.join(out, "evaluation.json")) as f:
+        assert json.load(f)["tokens"] == report["tokens"]  # the same SentencePiece model reloaded
+    assert report["vocabulary_size"] % 8 == 0 and report["vocabulary_size"] != 264
+    assert report["bits_per_byte"] == pytest.approx(report["bits_per_token"] * report["tokens"] / report["bytes"])
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["train", "--data", "/no/such/folder"], "--data='/no/such/folder'"),
+        (["train", "--data", "no_such_tfds_dataset"], "tfds build no_such_tfds_dataset"),
+        (["train", "--segment-length", "100"], "--segment-length=100"),
+        (["train", "--batch-size", "0"], "--batch-size=0"),
+        (["train", "--preset", "huge"], "--preset='huge'"),
+    ],
+)
+def test_train_rejects_bad_arguments(argv, message, capsys, tmp_path):
+    assert cli.main(argv + ["--output", str(tmp_path / "run")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_empty_data_folder_is_an_error(tmp_path, capsys):
+    (tmp_path / "empty.txt").write_text("")
+    assert cli.main(["train", "--data", str(tmp_path), "--output", str(tmp_path / "run")]) == 2
+    assert "readable text" in capsys.readouterr().err
+
+
+@tensorflow_pass_only
+def test_runs_are_never_overwritten_and_bad_run_directories_are_reported(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["train", "--data", corpus, "--steps", "2", "--output", str(out), *SMALL]) == 0
+    capsys.readouterr()
+    # Same output again without --resume: refused, nothing touched.
+    before = (out / "model.keras").stat().st_mtime
+    assert cli.main(["train", "--data", corpus, "--steps", "4", "--output", str(out), *SMALL]) == 2
+    assert "--resume" in capsys.readouterr().err and (out / "model.keras").stat().st_mtime == before
+    # --resume with other settings: refused.
+    assert cli.main(["train", "--data", corpus, "--steps", "4", "--output", str(out), "--resume",
+                     *SMALL[:2], "--segment-length", "128"]) == 2
+    assert "segment_length" in capsys.readouterr().err
+    # A damaged checkpoint is reported and left in place, never replaced by a fresh model.
+    (out / "checkpoint.keras").write_bytes(b"not a zip file")
+    assert cli.main(["train", "--data", corpus, "--steps", "4", "--output", str(out), "--resume", *SMALL]) == 2
+    assert "checkpoint could not be loaded" in capsys.readouterr().err
+    assert (out / "checkpoint.keras").read_bytes() == b"not a zip file"
+    # A run directory from an incompatible version.
+    run = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**run, "format": 99, "keras_brt_version": "9.0"}))
+    assert cli.main(["evaluate", str(out)]) == 2
+    assert "incompatible keras_brt version" in capsys.readouterr().err
+    assert cli.main(["evaluate", str(tmp_path)]) == 2
+    assert "no run.json" in capsys.readouterr().err
+
+
+def _train_command(corpus, out, steps=12):
+    return [sys.executable, "-m", "keras_brt", "train", "--data", corpus, "--steps", str(steps),
+            "--checkpoint-every", "4", "--output", out, "--resume", *SMALL]
+
+
+@pytest.mark.slow
+@tensorflow_pass_only
+def test_a_killed_run_resumes_from_its_checkpoint_and_ends_identical(corpus, tmp_path):
+    import keras
+
+    env = dict(os.environ, PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
+    straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
+    subprocess.run(_train_command(corpus, straight), env=env, check=True, capture_output=True)
+    # Start the same command, kill it once the step-8 checkpoint is on disk.
+    process = subprocess.Popen(_train_command(corpus, killed), env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = os.path.join(killed, "checkpoint.json")
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if os.path.exists(marker) and json.load(open(marker))["step"] >= 8:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not os.path.exists(os.path.join(killed, "model.keras")), "the run finished before the kill"
+    result = subprocess.run(_train_command(corpus, killed), env=env, check=True, capture_output=True,
+                            text=True)
+    assert "Resuming tiny_rec_fixed_skip" in result.stdout
+    assert "step 8 of 12" in result.stdout or "step 12 of 12" in result.stdout
+    a = keras.saving.load_model(os.path.join(straight, "model.keras"))
+    b = keras.saving.load_model(os.path.join(killed, "model.keras"))
+    assert int(a.optimizer.iterations) == int(b.optimizer.iterations) == 12
+    for u, v in zip(a.weights, b.weights):  # weights, optimizer-independent lanes included
+        np.testing.assert_allclose(u.numpy(), v.numpy(), atol=1e-6, err_msg=u.path)
+    for u, v in zip(a.optimizer.variables, b.optimizer.variables):
+        np.testing.assert_allclose(u.numpy(), v.numpy(), atol=1e-6, err_msg=u.path)

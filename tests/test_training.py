@@ -1,0 +1,104 @@
+"""Optimizers, the bits-per-token metric, held-out evaluation, and a real short training run."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+import keras_brt
+from keras_brt import data, training
+from tests.models.common import W, make_lm, token_ids
+
+
+def test_inverse_square_root_schedule_is_the_papers():
+    schedule = training.InverseSquareRootDecay(warmup_steps=1000)
+    values = [float(schedule(step - 1)) for step in (1, 500, 1000, 4000, 500_000)]
+    expected = [1 / 1000 / math.sqrt(1000), 0.5 / math.sqrt(1000), 1 / math.sqrt(1000),
+                1 / math.sqrt(4000), 1 / math.sqrt(500_000)]
+    np.testing.assert_allclose(values, expected, rtol=1e-5)
+    assert keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(schedule)).get_config() \
+        == schedule.get_config()
+
+
+def test_make_optimizer_recipes_and_errors():
+    adafactor = training.make_optimizer("adafactor", steps=100)
+    assert isinstance(adafactor, keras.optimizers.Adafactor)
+    assert isinstance(adafactor.learning_rate, training.InverseSquareRootDecay) or adafactor._learning_rate
+    assert adafactor.global_clipnorm == 1.0
+    adamw = training.make_optimizer("adamw", steps=100, learning_rate=3e-3)
+    assert isinstance(adamw, keras.optimizers.AdamW)
+    with pytest.raises(ValueError, match="optimizer='sgd'"):
+        training.make_optimizer("sgd")
+    with pytest.raises(ValueError, match="warmup_steps=0"):
+        training.InverseSquareRootDecay(0)
+
+
+def test_bits_per_token_is_weighted_cross_entropy_in_bits():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 5, 7)).astype("float32")
+    y = rng.integers(0, 7, (2, 5))
+    w = (rng.random((2, 5)) > 0.3).astype("float32")
+    metric = training.BitsPerToken()
+    metric.update_state(y, logits, sample_weight=w)
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    nats = -np.take_along_axis(log_probs, y[..., None], -1)[..., 0]
+    np.testing.assert_allclose(float(metric.result()), (nats * w).sum() / w.sum() / math.log(2), rtol=1e-5)
+
+
+def test_evaluation_with_the_state_cleared_resets_only_the_recurrent_state():
+    lm = make_lm()
+    ids = token_ids(length=4 * W)
+    x = {"token_ids": ids, "start_of_sequence": np.array([False, False]),
+         "padding_mask": np.ones_like(ids, bool)}
+    y, weights = np.roll(ids, -1, axis=1), np.ones(ids.shape, "float32")
+    _, used = lm.call_with_state(token_ids(length=2 * W, seed=9))
+    step = training.make_eval_step(lm)
+    nats, _ = step(x, y, weights, used, np.array(True))
+    reset = dict(used, layer_1_state=lm.initial_state(2)["layer_1_state"])
+    logits, _ = lm.call_with_state(ids, reset)
+    expected = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+    np.testing.assert_allclose(np.asarray(nats), np.asarray(expected), atol=1e-4)
+    carried, _ = step(x, y, weights, used, np.array(False))
+    assert np.abs(np.asarray(carried) - np.asarray(nats)).max() > 1e-4
+
+
+@pytest.mark.slow
+def test_short_training_on_the_default_corpus_lowers_held_out_bits():
+    keras.utils.set_random_seed(0)
+    lm = keras_brt.models.BlockRecurrentTransformerCausalLM.from_preset("tiny_rec_fixed_skip")
+    lm.compile(optimizer=training.make_optimizer("adamw", steps=40, learning_rate=3e-3),
+               weighted_metrics=[training.BitsPerToken()], jit_compile=True)
+    tokenizer = data.ByteTokenizer()
+    train = data.lane_dataset(data.stdlib_source("train"), tokenizer, 4, 128, repeat=True,
+                              shuffle_buffer=64, seed=0)
+    step = training.make_eval_step(lm)
+
+    def held_out():
+        batches = data.lane_dataset(data.stdlib_source("test"), tokenizer, 4, 128).as_numpy_iterator()
+        return training.evaluate_bits_per_token(lm, batches, max_batches=8, step=step)["bits_per_token"]
+
+    before = held_out()
+    lm.fit(train, steps_per_epoch=40, epochs=1, verbose=0)
+    after = held_out()
+    print(f"\nheld-out bits per token on the stdlib corpus: {before:.3f} before, {after:.3f} after 40 steps")
+    assert before > 7.0  # about log2(264) = 8.04 untrained
+    assert after < before - 2.0
+
+
+def test_an_eval_step_made_before_training_sees_the_trained_weights():
+    lm = make_lm()
+    ids = token_ids(length=2 * W)
+    x = {"token_ids": ids, "start_of_sequence": np.array([True, True]),
+         "padding_mask": np.ones_like(ids, bool)}
+    weights = np.ones(ids.shape, "float32")
+    step = training.make_eval_step(lm)  # before the model is even built
+    state = lm.initial_state(2)
+    before, _ = step(x, ids, weights, state, np.array(False))
+    lm.compile(optimizer=keras.optimizers.SGD(0.5), jit_compile=True)
+    lm.fit(x, ids, batch_size=2, epochs=3, verbose=0)
+    after, _ = step(x, ids, weights, state, np.array(False))
+    logits, _ = lm.call_with_state(ids, state, x["start_of_sequence"])
+    expected = keras.losses.sparse_categorical_crossentropy(ids, logits, from_logits=True)
+    np.testing.assert_allclose(np.asarray(after), np.asarray(expected), atol=1e-4)
+    assert np.asarray(after).mean() < np.asarray(before).mean() - 0.1
