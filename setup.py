@@ -34,7 +34,7 @@ setup(
     ],
     extras_require={
         # The suite runs on the TensorFlow and the JAX backends.
-        "test": ["pytest>=8", "jax[cpu]>=0.4.36"],
+        "test": ["pytest>=8", "pytest-xdist>=3", "jax[cpu]>=0.4.36"],
     },
     entry_points={"console_scripts": ["keras-brt=keras_brt.cli:main"]},
     classifiers=[

@@ -15,7 +15,7 @@ import time
 import keras
 
 # Settings that must not change when a run is resumed.
-RESUME_KEYS = ("data", "data_dir", "pattern", "preset", "tokenizer", "vocabulary_size",
+RESUME_KEYS = ("data", "data_dir", "pattern", "text_feature", "preset", "tokenizer", "vocabulary_size",
                "batch_size", "segment_length", "optimizer", "learning_rate", "warmup_steps",
                "dropout", "seed")
 
@@ -23,7 +23,7 @@ RESUME_KEYS = ("data", "data_dir", "pattern", "preset", "tokenizer", "vocabulary
 # === Data ===
 
 
-def resolve_data(data, data_dir=None, pattern="*.txt"):
+def resolve_data(data, data_dir=None, pattern="*.txt", text_feature=None):
     """`(train source, held-out source)` for `--data`: 'stdlib', a folder, or a TFDS name."""
     from keras_brt import data as brt_data
 
@@ -37,9 +37,9 @@ def resolve_data(data, data_dir=None, pattern="*.txt"):
     if os.sep in data or data.startswith(".") or os.path.splitext(data)[1] in (".txt", ".py"):
         raise ValueError(f"`--data` is not an existing folder. Received: --data={data!r}")
     return (
-        brt_data.TFDSSource(data, split="train", data_dir=data_dir),
+        brt_data.TFDSSource(data, split="train", data_dir=data_dir, feature=text_feature),
         brt_data.TFDSSource(data, split=brt_data.TFDSSource.held_out_split(data, data_dir),
-                            data_dir=data_dir),
+                            data_dir=data_dir, feature=text_feature),
     )
 
 
@@ -120,6 +120,7 @@ def _settings(args, vocabulary_size):
         "format": None,  # filled by the caller with RUN_FORMAT
         "keras_brt_version": keras_brt.__version__,
         "data": args.data, "data_dir": args.data_dir, "pattern": args.pattern,
+        "text_feature": args.text_feature,
         "preset": args.preset, "tokenizer": args.tokenizer, "vocabulary_size": vocabulary_size,
         "batch_size": args.batch_size, "segment_length": args.segment_length,
         "optimizer": args.optimizer, "learning_rate": args.learning_rate,
@@ -150,7 +151,7 @@ def train(args):
             f"`--output` already holds a run; pass --resume to continue it, or choose another "
             f"--output (nothing is overwritten). Received: --output={output!r}"
         )
-    train_source, test_source = resolve_data(args.data, args.data_dir, args.pattern)
+    train_source, test_source = resolve_data(args.data, args.data_dir, args.pattern, args.text_feature)
     preset = keras_brt.models.PRESETS.get(args.preset)
     if preset is None:
         raise ValueError(
@@ -233,6 +234,9 @@ def train(args):
         checkpoints.set_model(lm)
         checkpoints.save()
     lm.save(os.path.join(output, "model.keras"))
+    if args.no_evaluation:
+        print(f"run saved in {output} (held-out evaluation skipped: keras-brt evaluate {output})")
+        return None
     report, results = evaluate_run(lm, tokenizer, test_source, args.batch_size, args.segment_length,
                                    args.eval_documents)
     runs.write_json(os.path.join(output, "evaluation.json"), report)
@@ -259,7 +263,8 @@ def evaluate(args):
     tokenizer = load_tokenizer(args.run_dir)
     data = args.data or run["data"]
     _, test_source = resolve_data(data, args.data_dir or run.get("data_dir"),
-                                  args.pattern or run.get("pattern", "*.txt"))
+                                  args.pattern or run.get("pattern", "*.txt"),
+                                  args.text_feature or run.get("text_feature"))
     report, results = evaluate_run(lm, tokenizer, test_source, run["batch_size"],
                                    run["segment_length"], args.eval_documents)
     plot = args.plot or os.path.join(args.run_dir, "evaluation_loss_by_position.png")
@@ -284,6 +289,8 @@ def build_parser():
                         "folder of text files, or a TFDS name prepared in --data-dir (e.g. pg19)")
     p.add_argument("--data-dir", default=None, help="TFDS data_dir (nothing is downloaded)")
     p.add_argument("--pattern", default="*.txt", help="file-name pattern inside a --data folder")
+    p.add_argument("--text-feature", default=None,
+                   help="TFDS text feature (default: book_text for PG19, else text)")
     p.add_argument("--preset", default="tiny_rec_fixed_skip")
     p.add_argument("--tokenizer", choices=("bytes", "sentencepiece"), default="bytes")
     p.add_argument("--vocabulary-size", type=int, default=2048, help="SentencePiece pieces")
@@ -301,6 +308,8 @@ def build_parser():
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--eval-documents", type=int, default=8,
                    help="held-out documents to evaluate, each to its end (0: all)")
+    p.add_argument("--no-evaluation", action="store_true",
+                   help="skip the held-out evaluation at the end (run `keras-brt evaluate` later)")
     p.add_argument("--output", default=os.path.join("runs", "latest"))
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --output from its last checkpoint")
@@ -312,6 +321,7 @@ def build_parser():
     p.add_argument("--data", default=None, help="default: the data the run was trained on")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--pattern", default=None)
+    p.add_argument("--text-feature", default=None)
     p.add_argument("--eval-documents", type=int, default=8)
     p.add_argument("--plot", default=None, help="PNG path (default: in RUN_DIR)")
     p.add_argument("--json", action="store_true", help="end with one line of JSON")

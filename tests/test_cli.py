@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +12,8 @@ import numpy as np
 import pytest
 
 from keras_brt import cli
+from keras_brt.data import SentencePieceTokenizer
+from keras_brt.training import load_tokenizer
 from tests.conftest import tensorflow_pass_only
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,38 +33,54 @@ def corpus(tmp_path_factory):
     return str(folder)
 
 
-def test_train_writes_a_complete_run_and_evaluate_reports_json(corpus, tmp_path, capsys):
-    out = str(tmp_path / "run")
-    assert cli.main(["train", "--data", corpus, "--steps", "6", "--checkpoint-every", "3",
-                     "--output", out, *SMALL]) == 0
+@pytest.fixture(scope="module")
+def trained_run(corpus, tmp_path_factory):
+    """One short training run shared by the tests that read a run directory."""
+    import io
+    from contextlib import redirect_stdout
+
+    out = str(tmp_path_factory.mktemp("runs") / "run")
+    printed = io.StringIO()
+    with redirect_stdout(printed):
+        assert cli.main(["train", "--data", corpus, "--steps", "6", "--checkpoint-every", "3",
+                         "--output", out, *SMALL]) == 0
+    return out, printed.getvalue()
+
+
+def test_train_writes_a_complete_run_and_evaluate_reports_json(trained_run, capsys):
+    out, printed = trained_run
     for name in ("run.json", "tokenizer.json", "checkpoint.keras", "model.keras", "evaluation.json",
                  "loss_by_position.png", "history.csv"):
         assert os.path.exists(os.path.join(out, name)), name
     assert os.listdir(os.path.join(out, "logs"))  # TensorBoard event files
     with open(os.path.join(out, "loss_by_position.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    assert "with the state carried" in capsys.readouterr().out
-    assert cli.main(["evaluate", out, "--json"]) == 0
+    assert "step 6/6" in printed and "with the state carried" in printed
+    assert cli.main(["evaluate", out, "--json", "--plot", os.path.join(out, "eval.png")]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(report) >= {"bits_per_token", "bits_per_token_state_cleared", "tokens", "vocabulary_size"}
     assert report["vocabulary_size"] == 264 and report["tokens"] > 0
     assert report["bits_per_byte"] == pytest.approx(report["bits_per_token"])  # bytes tokenizer
     with open(os.path.join(out, "evaluation.json")) as f:
-        assert json.load(f)["tokens"] == report["tokens"]
+        train_report = json.load(f)
+    assert train_report["tokens"] == report["tokens"]
+    assert train_report["bits_per_token"] == pytest.approx(report["bits_per_token"], abs=1e-4)
+    assert os.path.exists(os.path.join(out, "eval.png"))
 
 
 @tensorflow_pass_only
 def test_sentencepiece_runs_store_their_tokenizer(corpus, tmp_path, capsys):
     out = str(tmp_path / "run")
     assert cli.main(["train", "--data", corpus, "--steps", "2", "--tokenizer", "sentencepiece",
-                     "--vocabulary-size", "1000", "--output", out, *SMALL]) == 0
+                     "--vocabulary-size", "1000", "--output", out, "--no-evaluation", *SMALL]) == 0
     assert os.path.exists(os.path.join(out, "tokenizer.model"))
     capsys.readouterr()
     assert cli.main(["evaluate", out, "--json"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    with open(os.path.join(out, "evaluation.json")) as f:
-        assert json.load(f)["tokens"] == report["tokens"]  # the same SentencePiece model reloaded
+    tokenizer = load_tokenizer(out)  # the stored SentencePiece model, reloaded
+    assert isinstance(tokenizer, SentencePieceTokenizer) and tokenizer.vocabulary_size < 1000
     assert report["vocabulary_size"] % 8 == 0 and report["vocabulary_size"] != 264
+    assert report["tokens"] > 0
     assert report["bits_per_byte"] == pytest.approx(report["bits_per_token"] * report["tokens"] / report["bytes"])
 
 
@@ -87,21 +106,21 @@ def test_empty_data_folder_is_an_error(tmp_path, capsys):
 
 
 @tensorflow_pass_only
-def test_runs_are_never_overwritten_and_bad_run_directories_are_reported(corpus, tmp_path, capsys):
+def test_runs_are_never_overwritten_and_bad_run_directories_are_reported(corpus, trained_run, tmp_path,
+                                                                         capsys):
     out = tmp_path / "run"
-    assert cli.main(["train", "--data", corpus, "--steps", "2", "--output", str(out), *SMALL]) == 0
-    capsys.readouterr()
+    shutil.copytree(trained_run[0], out)
     # Same output again without --resume: refused, nothing touched.
     before = (out / "model.keras").stat().st_mtime
-    assert cli.main(["train", "--data", corpus, "--steps", "4", "--output", str(out), *SMALL]) == 2
+    assert cli.main(["train", "--data", corpus, "--steps", "8", "--output", str(out), *SMALL]) == 2
     assert "--resume" in capsys.readouterr().err and (out / "model.keras").stat().st_mtime == before
     # --resume with other settings: refused.
-    assert cli.main(["train", "--data", corpus, "--steps", "4", "--output", str(out), "--resume",
+    assert cli.main(["train", "--data", corpus, "--steps", "8", "--output", str(out), "--resume",
                      *SMALL[:2], "--segment-length", "128"]) == 2
     assert "segment_length" in capsys.readouterr().err
     # A damaged checkpoint is reported and left in place, never replaced by a fresh model.
     (out / "checkpoint.keras").write_bytes(b"not a zip file")
-    assert cli.main(["train", "--data", corpus, "--steps", "4", "--output", str(out), "--resume", *SMALL]) == 2
+    assert cli.main(["train", "--data", corpus, "--steps", "8", "--output", str(out), "--resume", *SMALL]) == 2
     assert "checkpoint could not be loaded" in capsys.readouterr().err
     assert (out / "checkpoint.keras").read_bytes() == b"not a zip file"
     # A run directory from an incompatible version.
@@ -113,9 +132,9 @@ def test_runs_are_never_overwritten_and_bad_run_directories_are_reported(corpus,
     assert "no run.json" in capsys.readouterr().err
 
 
-def _train_command(corpus, out, steps=12):
+def _train_command(corpus, out, steps=8):
     return [sys.executable, "-m", "keras_brt", "train", "--data", corpus, "--steps", str(steps),
-            "--checkpoint-every", "4", "--output", out, "--resume", *SMALL]
+            "--checkpoint-every", "4", "--output", out, "--resume", "--no-evaluation", *SMALL]
 
 
 @pytest.mark.slow
@@ -126,13 +145,13 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_identical(corpus, tmp
     env = dict(os.environ, PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
     straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
     subprocess.run(_train_command(corpus, straight), env=env, check=True, capture_output=True)
-    # Start the same command, kill it once the step-8 checkpoint is on disk.
+    # Start the same command, kill it once the step-4 checkpoint is on disk.
     process = subprocess.Popen(_train_command(corpus, killed), env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     marker = os.path.join(killed, "checkpoint.json")
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
-        if os.path.exists(marker) and json.load(open(marker))["step"] >= 8:
+        if os.path.exists(marker) and json.load(open(marker))["step"] >= 4:
             break
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
@@ -141,10 +160,10 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_identical(corpus, tmp
     result = subprocess.run(_train_command(corpus, killed), env=env, check=True, capture_output=True,
                             text=True)
     assert "Resuming tiny_rec_fixed_skip" in result.stdout
-    assert "step 8 of 12" in result.stdout or "step 12 of 12" in result.stdout
+    assert "step 4 of 8" in result.stdout
     a = keras.saving.load_model(os.path.join(straight, "model.keras"))
     b = keras.saving.load_model(os.path.join(killed, "model.keras"))
-    assert int(a.optimizer.iterations) == int(b.optimizer.iterations) == 12
+    assert int(a.optimizer.iterations) == int(b.optimizer.iterations) == 8
     for u, v in zip(a.weights, b.weights):  # weights, optimizer-independent lanes included
         np.testing.assert_allclose(u.numpy(), v.numpy(), atol=1e-6, err_msg=u.path)
     for u, v in zip(a.optimizer.variables, b.optimizer.variables):

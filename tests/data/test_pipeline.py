@@ -172,3 +172,12 @@ def test_tfds_source_missing_dataset_says_how_to_prepare_it(tmp_path):
     with pytest.raises(ValueError, match=r"tfds build pg19 --data_dir") as error:
         data.TFDSSource("pg19", data_dir=str(tmp_path))
     assert str(tmp_path) in str(error.value)
+
+
+def test_tfds_text_feature_by_name():
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=2):
+        assert data.TFDSSource("pg19", feature="book_title").feature == "book_title"
+        with pytest.raises(ValueError, match="feature='no_such_feature'"):
+            data.TFDSSource("pg19", feature="no_such_feature")
