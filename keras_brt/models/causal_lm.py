@@ -4,7 +4,9 @@ import math
 
 import keras
 from keras import ops
+from keras.src.backend.common.symbolic_scope import in_symbolic_scope
 
+from keras_brt.models import replicas
 from keras_brt.models.backbone import BlockRecurrentTransformerBackbone, concrete_value
 
 
@@ -23,6 +25,13 @@ def _unpack_inputs(inputs):
             )
         return inputs["token_ids"], inputs.get("start_of_sequence"), inputs.get("padding_mask")
     return inputs, None, None
+
+
+def _with_rows(tensor, rows):
+    """Gives `tensor` the static batch size `rows` (multi-worker datasets lose it)."""
+    if tensor is None or tensor.shape[0] is not None:
+        return tensor
+    return ops.reshape(tensor, (rows,) + tuple(-1 if d is None else d for d in tensor.shape[1:]))
 
 
 def _lane_count(x, batch_size):
@@ -118,9 +127,10 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
         if self._lanes is None:
             count = _lane_count(x, batch_size)
             if count is not None:
-                if not self.built:
-                    self.build()
-                self._create_lanes(count)
+                with replicas.strategy_scope(self):  # fit() may run before any build
+                    if not self.built:
+                        self.build()
+                    self._create_lanes(count)
 
     def _create_lanes(self, batch_size):
         # Lanes start flagged for reset, so their first batch reads the learned
@@ -130,25 +140,28 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
         locked = self._tracker.locked
         self._tracker.unlock()
         self._lanes = {}
-        for mode in ("train", "eval"):
-            lanes = {
-                name: self.add_weight(
-                    shape=shape,
-                    initializer="zeros",
+        with replicas.strategy_scope(self):
+            for mode in ("train", "eval"):
+                lanes = {
+                    name: self.add_weight(
+                        shape=shape,
+                        initializer="zeros",
+                        trainable=False,
+                        autocast=False,
+                        aggregation="only_first_replica",
+                        name=f"{mode}_lanes_{name}",
+                    )
+                    for name, shape in self.backbone.state_shapes(batch_size).items()
+                }
+                lanes["reset"] = self.add_weight(
+                    shape=(batch_size,),
+                    initializer="ones",
+                    dtype="int32",
                     trainable=False,
-                    autocast=False,
-                    name=f"{mode}_lanes_{name}",
+                    aggregation="only_first_replica",
+                    name=f"{mode}_lanes_reset",
                 )
-                for name, shape in self.backbone.state_shapes(batch_size).items()
-            }
-            lanes["reset"] = self.add_weight(
-                shape=(batch_size,),
-                initializer="ones",
-                dtype="int32",
-                trainable=False,
-                name=f"{mode}_lanes_reset",
-            )
-            self._lanes[mode] = lanes
+                self._lanes[mode] = lanes
         self.lane_batch_size = batch_size
         if locked:
             self._tracker.lock()
@@ -221,6 +234,10 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
 
     def call(self, inputs, training=False):
         token_ids, start_of_sequence, padding_mask = _unpack_inputs(inputs)
+        if in_symbolic_scope():
+            # Keras traces the model only to learn output shapes (e.g. to build
+            # metrics, where a replica's batch meets the global lanes): no lanes.
+            return self.call_with_state(token_ids, None, start_of_sequence, padding_mask)[0]
         batch = token_ids.shape[0]
         if self._lanes is None and batch is not None and concrete_value(token_ids) is not None:
             self._create_lanes(batch)  # A first eager stateful call.
@@ -230,24 +247,41 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
                 f"token_ids.shape={tuple(token_ids.shape)}. Build the lanes first with "
                 "lm.build({'token_ids': (batch_size, length)}), or use call_with_state()."
             )
-        if batch is not None and batch != self.lane_batch_size:
+        # Under a multi-replica strategy this replica carries its own rows of the lanes.
+        context = replicas.replica_context()
+        count = replicas.num_replicas(context)
+        if self.lane_batch_size % count:
+            raise ValueError(
+                f"The global batch of {self.lane_batch_size} lanes must divide evenly over the "
+                f"{count} replicas. Received: batch size {self.lane_batch_size} with {count} replicas"
+            )
+        rows = self.lane_batch_size // count
+        token_ids, start_of_sequence, padding_mask = (
+            _with_rows(t, rows) for t in (token_ids, start_of_sequence, padding_mask)
+        )
+        if batch is not None and batch != rows:
             raise ValueError(
                 f"The model carries {self.lane_batch_size} lanes (batch rows) from batch to "
                 f"batch; every batch must have that many rows (use drop_remainder=True). "
-                f"Received: token_ids.shape={tuple(token_ids.shape)}. For another batch size "
-                "use call_with_state() or a new model."
+                f"Received: token_ids.shape={tuple(token_ids.shape)} on each of {count} replica(s). "
+                "For another batch size use call_with_state() or a new model."
             )
-        lanes = dict(self._lanes["train" if training else "eval"])
-        reset = ops.convert_to_tensor(lanes.pop("reset")) > 0  # (B,)
+        mode = "train" if training else "eval"
+        lanes = {
+            name: replicas.local_rows(ops.convert_to_tensor(v), context, rows)
+            for name, v in self._lanes[mode].items()
+        }
+        reset = lanes.pop("reset") > 0  # (b,)
         if start_of_sequence is not None:
             reset = ops.logical_or(reset, ops.cast(start_of_sequence, "bool"))
-        state = {name: ops.stop_gradient(ops.convert_to_tensor(v)) for name, v in lanes.items()}
+        state = {name: ops.stop_gradient(value) for name, value in lanes.items()}
         logits, new_state = self.call_with_state(
             token_ids, state, reset, padding_mask, training=training
         )
-        for name, variable in lanes.items():
-            variable.assign(ops.cast(ops.stop_gradient(new_state[name]), variable.dtype))
-        self._lanes["train" if training else "eval"]["reset"].assign(ops.zeros_like(reset, "int32"))
+        new_state["reset"] = ops.zeros_like(reset, "int32")
+        for name, variable in self._lanes[mode].items():
+            value = replicas.global_rows(ops.stop_gradient(new_state[name]), context)
+            variable.assign(ops.cast(value, variable.dtype))
         return logits
 
     def compute_output_spec(self, inputs, training=False):
@@ -258,11 +292,17 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
 
     # === Training entry points ===
 
-    def compile(self, optimizer="auto", loss="auto", weighted_metrics="auto", **kwargs):
+    def compile(self, optimizer="auto", loss="auto", weighted_metrics="auto", jit_compile="auto",
+                **kwargs):
         """`keras.Model.compile` with defaults for language modeling.
 
         `"auto"` gives AdamW (learning rate 1e-3), sparse cross-entropy on the
         float32 logits and weighted token accuracy (weights mask padding).
+
+        `jit_compile=True` under a multi-replica tf.distribute strategy (where
+        Keras's own XLA path fails) compiles each replica's forward and
+        backward pass with XLA and keeps the optimizer update outside it (see
+        `keras_brt.models.replica_xla`).
         """
         if optimizer == "auto":
             optimizer = keras.optimizers.AdamW(1e-3)
@@ -270,7 +310,63 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
             loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         if weighted_metrics == "auto":
             weighted_metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-        super().compile(optimizer=optimizer, loss=loss, weighted_metrics=weighted_metrics, **kwargs)
+        self.replica_jit_compile = jit_compile is True and replicas.multi_replica_strategy()
+        self.__dict__["_replica_step"] = None  # built by the first replica_xla.train_step
+        super().compile(
+            optimizer=optimizer,
+            loss=loss,
+            weighted_metrics=weighted_metrics,
+            jit_compile=False if self.replica_jit_compile else jit_compile,
+            **kwargs,
+        )
+
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        if config is not None and getattr(self, "replica_jit_compile", False):
+            config["jit_compile"] = True  # What the user asked for; see compile().
+        return config
+
+    def train_step(self, *args, **kwargs):
+        if getattr(self, "replica_jit_compile", False):
+            from keras_brt.models import replica_xla
+
+            return replicas.multi_worker_logs(replica_xla.train_step(self, *args))
+        if keras.backend.backend() == "tensorflow":
+            return replicas.multi_worker_logs(super().train_step(*args, **kwargs))
+        return super().train_step(*args, **kwargs)
+
+    def test_step(self, *args, **kwargs):
+        if keras.backend.backend() == "tensorflow":
+            return replicas.multi_worker_logs(super().test_step(*args, **kwargs))
+        return super().test_step(*args, **kwargs)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras 3.15's TensorFlow trainer, under a tf.distribute strategy, builds
+        # metrics from a real batch that it pulls out of the training iterator (so
+        # that batch is never trained on: the lanes would skip a segment) and
+        # MEAN-reduces across replicas (which fails on boolean inputs such as
+        # start_of_sequence). Build from the dataset's element spec instead.
+        adapter = getattr(iterator, "data_adapter", None)
+        if data_batch is None and adapter is not None and hasattr(adapter, "get_tf_dataset"):
+            # A distributed dataset has one spec per replica: any of them will do.
+            spec = keras.tree.map_structure(
+                lambda s: s._value_specs[0] if hasattr(s, "_value_specs") else s,
+                adapter.get_tf_dataset().element_spec,
+            )
+            # Multi-worker datasets leave the per-replica batch unknown: it is this
+            # replica's share of the lanes.
+            strategy = getattr(self, "_distribute_strategy", None)
+            rows = 1 if self._lanes is None else self.lane_batch_size // max(
+                1, getattr(strategy, "num_replicas_in_sync", 1)
+            )
+            shapes = [tuple(rows if d is None else d for d in s.shape) for s in keras.tree.flatten(spec)]
+            if all(None not in shape for shape in shapes):
+                data_batch = keras.tree.pack_sequence_as(
+                    spec,
+                    [ops.zeros(shape, s.dtype.name) for shape, s in zip(shapes, keras.tree.flatten(spec))],
+                )
+                iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def fit(self, x=None, y=None, batch_size=None, shuffle=False, **kwargs):
         """`keras.Model.fit` that keeps batch rows in their lanes.

@@ -1,0 +1,104 @@
+"""XLA-compiled training under multi-replica tf.distribute strategies (TensorFlow backend).
+
+Keras refuses or breaks `jit_compile=True` under MirroredStrategy and
+MultiWorkerMirroredStrategy: the XLA cluster captures the mirrored variables'
+handles and then reads a variable that lives on another device
+(keras-team/keras#19005, "Trying to access resource ... located in device CPU:1
+from device CPU:0"). This step keeps XLA where it matters and variables out of it:
+
+1. outside XLA, in the replica context: read this replica's component of every
+   model variable and this replica's rows of the carried lanes;
+2. inside one `tf.function(jit_compile=True)`: the forward pass, the loss and the
+   gradients, computed from those values alone (a Keras `StatelessScope` maps
+   every variable to its value), returning the new lanes and the new values of
+   non-trainable variables such as dropout seeds;
+3. outside XLA: the optimizer applies the gradients (Keras all-reduces them
+   across replicas), the lanes are all-gathered and stored, metrics update.
+
+`BlockRecurrentTransformerCausalLM.compile(jit_compile=True)` selects this step by
+itself when a multi-replica strategy is active; the compiled function is kept as
+`lm.replica_step_function` (a test checks that XLA compiled it).
+"""
+
+import keras
+import tensorflow as tf
+from keras.src.trainers.data_adapters import data_adapter_utils
+
+from keras_brt.models import replicas
+
+
+def _loss_object(model):
+    loss = model.loss
+    if isinstance(loss, keras.losses.Loss):
+        return loss
+    if loss in (None, "auto"):
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    return keras.losses.get(loss)
+
+
+def _make_step_function(model):
+    variables = list(model.backbone.variables)  # trainable weights and dropout seed states
+    trainable_ids = {id(v) for v in model.trainable_variables}
+    trainable_index = [i for i, v in enumerate(variables) if id(v) in trainable_ids]
+    loss_object = _loss_object(model)
+
+    def step(values, token_ids, reset, padding_mask, lanes, y, sample_weight):
+        watched = [values[i] for i in trainable_index]
+        with tf.GradientTape() as tape:
+            tape.watch(watched)
+            with keras.StatelessScope(state_mapping=list(zip(variables, values))) as scope:
+                logits, new_lanes = model.call_with_state(
+                    token_ids, lanes, reset, padding_mask, training=True
+                )
+                loss = loss_object(y, logits, sample_weight)  # scaled by 1 / replicas
+            new_values = [scope.get_current_value(v) for v in variables]
+        gradients = tape.gradient(loss, watched)
+        new_values = [v if n is None else n for v, n in zip(values, new_values)]
+        return loss, logits, gradients, new_lanes, new_values
+
+    return tf.function(step, jit_compile=True, reduce_retracing=True), variables, trainable_index
+
+
+def train_step(model, data):
+    """One training step: forward and backward XLA-compiled per replica."""
+    from keras_brt.models.causal_lm import _unpack_inputs, _with_rows
+
+    x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
+    token_ids, start_of_sequence, padding_mask = _unpack_inputs(x)
+    context = replicas.replica_context()
+    rows = model.lane_batch_size // replicas.num_replicas(context)
+    token_ids, start_of_sequence, padding_mask, y, sample_weight = (
+        _with_rows(t, rows) for t in (token_ids, start_of_sequence, padding_mask, y, sample_weight)
+    )
+    if model.__dict__.get("_replica_step") is None:
+        # Stored past Keras's attribute tracking: these are references, not new state.
+        model.__dict__["_replica_step"] = _make_step_function(model)
+        model.__dict__["replica_step_function"] = model.__dict__["_replica_step"][0]
+    function, variables, trainable_index = model.__dict__["_replica_step"]
+
+    lane_variables = model._lanes["train"]
+    lanes = {
+        name: replicas.local_rows(tf.convert_to_tensor(v.value), context, rows)
+        for name, v in lane_variables.items()
+    }
+    reset = lanes.pop("reset") > 0
+    if start_of_sequence is not None:
+        reset = tf.logical_or(reset, tf.cast(start_of_sequence, tf.bool))
+    values = [tf.convert_to_tensor(v.value) for v in variables]
+    loss, logits, gradients, new_lanes, new_values = function(
+        values, token_ids, reset, padding_mask, lanes, y, sample_weight
+    )
+
+    model._loss_tracker.update_state(
+        keras.src.losses.loss.unscale_loss_for_distribution(loss), sample_weight=tf.shape(token_ids)[0]
+    )
+    trainable = [variables[i] for i in trainable_index]
+    model.optimizer.apply_gradients(zip(gradients, trainable))
+    for i, variable in enumerate(variables):
+        if i not in trainable_index and not variable.trainable:
+            variable.assign(new_values[i])
+    new_lanes["reset"] = tf.zeros_like(reset, tf.int32)
+    for name, variable in lane_variables.items():
+        value = replicas.global_rows(tf.stop_gradient(new_lanes[name]), context)
+        variable.assign(tf.cast(value, variable.dtype))
+    return model.compute_metrics(x, y, logits, sample_weight=sample_weight)
