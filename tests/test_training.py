@@ -102,3 +102,42 @@ def test_an_eval_step_made_before_training_sees_the_trained_weights():
     expected = keras.losses.sparse_categorical_crossentropy(ids, logits, from_logits=True)
     np.testing.assert_allclose(np.asarray(after), np.asarray(expected), atol=1e-4)
     assert np.asarray(after).mean() < np.asarray(before).mean() - 0.1
+
+
+@pytest.mark.slow
+def test_mixed_bfloat16_training_tracks_float32():
+    """Same data, same initial weights: the bf16 run's per-step losses follow the float32 run's."""
+    from tests.models.common import TINY
+
+    rng = np.random.default_rng(0)
+    pattern = rng.integers(0, 40, 6 * W)
+    ids = np.stack([np.roll(pattern, r) for r in range(8)]).astype("int32")  # learnable repeats
+    x = {"token_ids": ids, "start_of_sequence": np.ones(8, bool)}
+
+    class StepLosses(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.losses = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.losses.append(float(logs["loss"]))
+
+    histories, weights = {}, None
+    for policy in ("float32", "mixed_bfloat16"):
+        backbone = keras_brt.models.BlockRecurrentTransformerBackbone(**TINY, dtype=policy)
+        lm = keras_brt.models.BlockRecurrentTransformerCausalLM(backbone)
+        lm.build({"token_ids": (8, 6 * W)})
+        if weights is None:
+            weights = lm.get_weights()
+        lm.set_weights(weights)
+        logits, _ = lm.call_with_state(ids)
+        assert keras.backend.standardize_dtype(logits.dtype) == "float32"  # float32 island
+        lm.compile(optimizer=keras.optimizers.Adam(3e-3), jit_compile=True)
+        record = StepLosses()
+        lm.fit(x, ids, batch_size=8, epochs=20, verbose=0, callbacks=[record])
+        histories[policy] = np.array(record.losses)
+        assert all(v.dtype in ("float32", "int32") for v in lm.weights)
+    full, mixed = histories["float32"], histories["mixed_bfloat16"]
+    print(f"\nfloat32 loss {full[0]:.3f} -> {full[-1]:.3f}; mixed_bfloat16 {mixed[0]:.3f} -> {mixed[-1]:.3f}")
+    assert full[-1] < 0.8 * full[0]  # it learned something
+    np.testing.assert_allclose(mixed, full, rtol=0.05)
