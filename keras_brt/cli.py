@@ -1,8 +1,9 @@
-"""`keras-brt`: train and evaluate Block-Recurrent Transformers on long documents.
+"""`keras-brt`: train, evaluate and export Block-Recurrent Transformers on long documents.
 
     keras-brt train                      # tiny model, built-in corpus, a few CPU minutes
     keras-brt train --data pg19 --data-dir ~/tensorflow_datasets --tokenizer sentencepiece
     keras-brt evaluate RUN_DIR [--json]  # held-out bits per token, state carried vs cleared
+    keras-brt export RUN_DIR OUT_DIR     # SavedModel for TF Serving in OUT_DIR/1
 """
 
 import argparse
@@ -250,16 +251,23 @@ def train(args):
 # === evaluate ===
 
 
+def _run_model_path(run_dir):
+    """The final model of a run, or its last checkpoint when training has not ended."""
+    from keras_brt.training import runs
+
+    model_path = os.path.join(run_dir, "model.keras")
+    if not os.path.exists(model_path):
+        model_path = os.path.join(run_dir, runs.CHECKPOINT)
+    if not os.path.exists(model_path):
+        raise ValueError(f"The run directory holds no model yet. Received: run_dir={run_dir!r}")
+    return model_path
+
+
 def evaluate(args):
     from keras_brt.training import load_checkpoint, load_tokenizer, runs
 
     run = runs.read_run(args.run_dir)
-    model_path = os.path.join(args.run_dir, "model.keras")
-    if not os.path.exists(model_path):
-        model_path = os.path.join(args.run_dir, runs.CHECKPOINT)
-    if not os.path.exists(model_path):
-        raise ValueError(f"The run directory holds no model yet. Received: run_dir={args.run_dir!r}")
-    lm = load_checkpoint(model_path)
+    lm = load_checkpoint(_run_model_path(args.run_dir))
     tokenizer = load_tokenizer(args.run_dir)
     data = args.data or run["data"]
     _, test_source = resolve_data(data, args.data_dir or run.get("data_dir"),
@@ -274,6 +282,28 @@ def evaluate(args):
     if args.json:
         print(json.dumps(report))
     return report
+
+
+# === export ===
+
+
+def export(args):
+    from keras_brt.export import export_saved_model
+    from keras_brt.training import load_checkpoint, load_tokenizer, runs
+
+    runs.read_run(args.run_dir)
+    lm = load_checkpoint(_run_model_path(args.run_dir))
+    tokenizer = None if args.no_text_signature else load_tokenizer(args.run_dir)
+    target = export_saved_model(lm, args.out_dir, version=args.version, scores=args.scores,
+                                tokenizer=tokenizer, overwrite=args.overwrite)
+    names = sorted(lm.backbone.state_shapes(None))
+    print(f"SavedModel written to {target}")
+    print("signatures: serving_default, initial_state, step" + ("" if tokenizer is None else ", score_text"))
+    print(f"state tensors ({len(names)}): {', '.join(names)}")
+    base = os.path.abspath(args.out_dir)
+    print(f"serve it: tensorflow_model_server --rest_api_port=8501 --model_name=brt "
+          f"--model_base_path={base}")
+    return target
 
 
 # === Command line ===
@@ -326,6 +356,17 @@ def build_parser():
     p.add_argument("--plot", default=None, help="PNG path (default: in RUN_DIR)")
     p.add_argument("--json", action="store_true", help="end with one line of JSON")
     p.set_defaults(func=evaluate)
+
+    p = commands.add_parser("export", help="write a run's model as a SavedModel for TF Serving")
+    p.add_argument("run_dir")
+    p.add_argument("out_dir", help="model base path; the SavedModel goes to OUT_DIR/<version>")
+    p.add_argument("--version", type=int, default=1)
+    p.add_argument("--scores", choices=("logits", "log_probs"), default="logits",
+                   help="what serving_default and step return")
+    p.add_argument("--no-text-signature", action="store_true",
+                   help="leave out score_text (strings in, through the run's tokenizer)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR/<version>")
+    p.set_defaults(func=export)
     return parser
 
 

@@ -168,3 +168,36 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_identical(corpus, tmp
         np.testing.assert_allclose(u.numpy(), v.numpy(), atol=1e-6, err_msg=u.path)
     for u, v in zip(a.optimizer.variables, b.optimizer.variables):
         np.testing.assert_allclose(u.numpy(), v.numpy(), atol=1e-6, err_msg=u.path)
+
+
+@tensorflow_pass_only
+def test_export_writes_a_servable_model_of_the_run(trained_run, tmp_path, capsys):
+    import tensorflow as tf
+
+    from keras_brt.training import load_checkpoint
+
+    run_dir, _ = trained_run
+    base = str(tmp_path / "served")
+    assert cli.main(["export", run_dir, base, "--scores", "log_probs"]) == 0
+    printed = capsys.readouterr().out
+    assert f"SavedModel written to {os.path.join(base, '1')}" in printed
+    assert "score_text" in printed and "layer_" in printed
+    signatures = tf.saved_model.load(os.path.join(base, "1")).signatures
+    assert set(signatures) == {"serving_default", "initial_state", "step", "score_text"}
+
+    lm = load_checkpoint(os.path.join(run_dir, "model.keras"))
+    tokenizer = load_tokenizer(run_dir)
+    text = "alpha = alpha + 1  # step 1\n"
+    ids = np.concatenate([[tokenizer.bos_id], np.asarray(tokenizer(text))]).astype("int32")[None]
+    logits, _ = lm.call_with_state(ids)
+    expected = np.asarray(tf.nn.log_softmax(logits))
+    served = signatures["serving_default"](token_ids=tf.constant(ids))["log_probs"].numpy()
+    np.testing.assert_allclose(served, expected, atol=2e-4)
+    scored = signatures["score_text"](text=tf.constant([text]))
+    bits = -expected[0, np.arange(ids.shape[1] - 1), ids[0, 1:]].mean() / np.log(2)
+    assert float(scored["bits_per_token"][0]) == pytest.approx(bits, abs=1e-4)
+
+    assert cli.main(["export", run_dir, base]) == 2  # The version exists.
+    assert "--overwrite" in capsys.readouterr().err
+    assert cli.main(["export", run_dir, base, "--overwrite", "--no-text-signature"]) == 0
+    assert "score_text" not in set(tf.saved_model.load(os.path.join(base, "1")).signatures)

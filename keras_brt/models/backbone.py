@@ -318,8 +318,12 @@ class BlockRecurrentTransformerBackbone(keras.Model):
             }
 
         # Pad to whole blocks with null tokens; cut the outputs back at the end.
-        pad = (-length) % self.block_size if length is not None else 0
-        if pad:
+        # A length unknown while tracing (an exported signature) pads by a
+        # computed amount, possibly zero.
+        if length is None:
+            length = ops.shape(token_ids)[1]
+        pad = (-length) % self.block_size
+        if not isinstance(pad, int) or pad:
             if padding_mask is None:
                 padding_mask = ops.ones_like(token_ids, "bool")
             token_ids = ops.pad(token_ids, ((0, 0), (0, pad)))
@@ -347,7 +351,7 @@ class BlockRecurrentTransformerBackbone(keras.Model):
             new_state[f"layer_{i}_keys"], new_state[f"layer_{i}_values"] = keys, values
         x = self.final_dropout(self.final_norm(x), training=training)  # (B, T, D)
         x = ops.where(in_vocab[:, None, None], x, ops.cast(float("nan"), x.dtype))
-        if pad:
+        if not isinstance(pad, int) or pad:
             x = x[:, :length]
         return x, new_state
 
