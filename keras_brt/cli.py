@@ -18,7 +18,8 @@ import keras
 # Settings that must not change when a run is resumed.
 RESUME_KEYS = ("data", "data_dir", "pattern", "text_feature", "preset", "tokenizer", "vocabulary_size",
                "batch_size", "segment_length", "optimizer", "learning_rate", "warmup_steps",
-               "dropout", "seed")
+               "dropout", "seed", "dtype_policy")
+RESUME_DEFAULTS = {"dtype_policy": "float32"}  # for runs written before the setting existed
 
 
 # === Data ===
@@ -106,7 +107,7 @@ class ProgressLog(keras.callbacks.Callback):
         self.start, self.first = time.time(), None
 
     def on_train_batch_end(self, batch, logs=None):
-        step = int(self.model.optimizer.iterations)
+        step = int(self.model.optimizer.iterations.numpy())
         self.first = step - 1 if self.first is None else self.first
         if step % self.every == 0 or step == self.total:
             rate = (step - self.first) / max(time.time() - self.start, 1e-9)
@@ -127,6 +128,7 @@ def _settings(args, vocabulary_size):
         "optimizer": args.optimizer, "learning_rate": args.learning_rate,
         "warmup_steps": args.warmup_steps, "dropout": args.dropout, "seed": args.seed,
         "steps": args.steps, "checkpoint_every": args.checkpoint_every,
+        "strategy": args.strategy, "dtype_policy": args.dtype_policy,
     }
 
 
@@ -136,6 +138,28 @@ def _check_train_args(args):
                              ("--checkpoint-every", args.checkpoint_every, 1)):
         if value < low:
             raise ValueError(f"`{flag}` must be at least {low}. Received: {flag}={value}")
+    if args.strategy != "none" and keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            "`--strategy` uses tf.distribute: run with KERAS_BACKEND=tensorflow. Received: "
+            f"--strategy={args.strategy!r} with backend={keras.backend.backend()!r}"
+        )
+    if args.strategy == "multi_worker":
+        raise ValueError(
+            "`keras-brt train` runs in one process; train on several hosts from Python with "
+            "keras_brt.distribute (see the README's multi-host recipe). Received: "
+            "--strategy='multi_worker'"
+        )
+    if args.dtype_policy not in ("float32", "mixed_bfloat16", "mixed_float16", "bfloat16"):
+        raise ValueError(
+            "`--dtype-policy` must be float32, mixed_bfloat16, mixed_float16 or bfloat16. "
+            f"Received: --dtype-policy={args.dtype_policy!r}"
+        )
+
+
+def _scope(strategy):
+    from keras_brt.distribute import strategy_scope
+
+    return strategy_scope(strategy)
 
 
 def train(args):
@@ -153,6 +177,12 @@ def train(args):
             f"--output (nothing is overwritten). Received: --output={output!r}"
         )
     train_source, test_source = resolve_data(args.data, args.data_dir, args.pattern, args.text_feature)
+    strategy = None
+    if args.strategy != "none":
+        from keras_brt import distribute
+
+        strategy = distribute.get_strategy(args.strategy, tpu=args.tpu)
+        distribute.per_replica_batch_size(args.batch_size, strategy)
     preset = keras_brt.models.PRESETS.get(args.preset)
     if preset is None:
         raise ValueError(
@@ -172,7 +202,7 @@ def train(args):
         run = runs.read_run(output)
         tokenizer = load_tokenizer(output)
         changed = {k: (run.get(k), v) for k, v in _settings(args, run.get("vocabulary_size")).items()
-                   if k in RESUME_KEYS and run.get(k) != v}
+                   if k in RESUME_KEYS and run.get(k, RESUME_DEFAULTS.get(k)) != v}
         if changed:
             raise ValueError(
                 "--resume continues a run with its own settings; these differ (run, command): "
@@ -180,7 +210,8 @@ def train(args):
             )
         checkpoint = os.path.join(output, runs.CHECKPOINT)
         if os.path.exists(checkpoint):
-            lm = load_checkpoint(checkpoint)
+            with _scope(strategy):
+                lm = load_checkpoint(checkpoint)
     else:
         os.makedirs(output, exist_ok=True)
         if args.tokenizer == "sentencepiece":
@@ -196,24 +227,26 @@ def train(args):
         runs.write_json(os.path.join(output, "run.json"), run)
 
     if lm is None:
-        overrides = {"vocabulary_size": run["vocabulary_size"]}
+        overrides = {"vocabulary_size": run["vocabulary_size"], "dtype": args.dtype_policy}
         if args.dropout is not None:
             overrides["dropout"] = args.dropout
-        lm = keras_brt.models.BlockRecurrentTransformerCausalLM.from_preset(args.preset, **overrides)
-        lm.compile(
-            optimizer=make_optimizer(args.optimizer, args.steps, args.learning_rate,
-                                     args.warmup_steps, clip_norm=args.clip_norm),
-            weighted_metrics=[BitsPerToken()],
-            jit_compile=True,
-        )
-        lm.build({"token_ids": (args.batch_size, args.segment_length)})
-    start_step = int(lm.optimizer.iterations)
+        with _scope(strategy):
+            lm = keras_brt.models.BlockRecurrentTransformerCausalLM.from_preset(args.preset, **overrides)
+            lm.compile(
+                optimizer=make_optimizer(args.optimizer, args.steps, args.learning_rate,
+                                         args.warmup_steps, clip_norm=args.clip_norm),
+                weighted_metrics=[BitsPerToken()],
+                jit_compile=True,  # XLA per replica under a multi-replica strategy too
+            )
+            lm.build({"token_ids": (args.batch_size, args.segment_length)})
+    start_step = int(lm.optimizer.iterations.numpy())
     remaining = args.steps - start_step
     print(
         f"{'Resuming' if start_step else 'Training'} {args.preset} on {train_source.name} "
         f"(backend {keras.backend.backend()}): step {start_step} of {args.steps}, "
         f"{args.batch_size} lanes x {args.segment_length} tokens, {args.tokenizer} tokenizer "
-        f"({run['vocabulary_size']} ids)",
+        f"({run['vocabulary_size']} ids), {args.dtype_policy}"
+        + ("" if strategy is None else f", {type(strategy).__name__} x{strategy.num_replicas_in_sync}"),
         flush=True,
     )
     if remaining > 0:
@@ -298,7 +331,8 @@ def export(args):
                                 tokenizer=tokenizer, overwrite=args.overwrite)
     names = sorted(lm.backbone.state_shapes(None))
     print(f"SavedModel written to {target}")
-    print("signatures: serving_default, initial_state, step" + ("" if tokenizer is None else ", score_text"))
+    print("signatures: serving_default, initial_state, step"
+          + ("" if tokenizer is None else ", score_text, tokenize"))
     print(f"state tensors ({len(names)}): {', '.join(names)}")
     base = os.path.abspath(args.out_dir)
     print(f"serve it: tensorflow_model_server --rest_api_port=8501 --model_name=brt "
@@ -344,6 +378,13 @@ def build_parser():
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --output from its last checkpoint")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--strategy", default="none",
+                   choices=("none", "auto", "one_device", "mirrored", "multi_worker", "tpu"),
+                   help="tf.distribute strategy (TensorFlow backend); mirrored splits the lanes over "
+                        "this host's GPUs, tpu needs --tpu")
+    p.add_argument("--tpu", default=None, help="TPU name or address ('local' on a Cloud TPU VM)")
+    p.add_argument("--dtype-policy", default="float32",
+                   help="Keras dtype policy, e.g. mixed_bfloat16 (float32 logits and loss)")
     p.set_defaults(func=train)
 
     p = commands.add_parser("evaluate", help="held-out bits per token of a trained run")

@@ -17,9 +17,13 @@ Signatures (all batch and length dimensions dynamic):
   `block_size`) to continue a document; a final shorter chunk gets exact scores.
 - `score_text` (with `tokenizer=`): `text` string `(B,)` → `token_ids`,
   `padding_mask`, `token_log_probs` (log-probability of each token given the text
-  before it, the document's BOS first) and `bits_per_token` `(B,)`. Needs the
-  tokenizer's ops in the server: plain TF ops for `ByteTokenizer`,
-  tensorflow-text's for `SentencePieceTokenizer`.
+  before it, the document's BOS first) and `bits_per_token` `(B,)`.
+- `tokenize` (with `tokenizer=`): `text` string `(B,)` → `token_ids` `(B, T)`
+  (BOS first, padded with 0) and `lengths` `(B,)`: what a client sends to `step`.
+
+The two text signatures need the tokenizer's ops in the server: plain TF ops for
+`ByteTokenizer`, tensorflow-text's for `SentencePieceTokenizer` (the stock TF
+Serving build links tensorflow-text's ops).
 
 Inside the graph every input is checked (ids in the vocabulary, state shapes
 and batch); a bad request fails with an `InvalidArgumentError` that names the
@@ -54,7 +58,8 @@ def export_saved_model(lm, path, version=1, scores="logits", tokenizer=None, ove
         scores: `"logits"` or `"log_probs"` (log-softmax over the vocabulary),
             the name and meaning of the score output of `serving_default` and
             `step`.
-        tokenizer: optional keras_brt tokenizer; adds the `score_text` signature.
+        tokenizer: optional keras_brt tokenizer; adds the `score_text` and
+            `tokenize` signatures.
         overwrite: replace an existing `path/<version>/`. Without it an
             existing version is an error.
         verbose: print Keras's list of exported variables.
@@ -177,7 +182,14 @@ def export_saved_model(lm, path, version=1, scores="logits", tokenizer=None, ove
             return {"token_ids": ids[:, 1:], "padding_mask": mask[:, 1:],
                     "token_log_probs": token_log_probs, "bits_per_token": bits}
 
-        archive.add_endpoint("score_text", tf.function(
-            score_text, input_signature=[tf.TensorSpec((None,), tf.string, name="text")]))
+        def tokenize(text):
+            pieces = tokenizer(text)  # (B, None) ragged
+            pieces = tf.concat([tf.fill([tf.shape(text)[0], 1], bos), pieces], axis=1)
+            return {"token_ids": pieces.to_tensor(default_value=0),
+                    "lengths": tf.cast(pieces.row_lengths(), tf.int32)}
+
+        text_spec = [tf.TensorSpec((None,), tf.string, name="text")]
+        archive.add_endpoint("score_text", tf.function(score_text, input_signature=text_spec))
+        archive.add_endpoint("tokenize", tf.function(tokenize, input_signature=text_spec))
     archive.write_out(target, verbose=verbose)
     return target

@@ -82,6 +82,16 @@ def test_sentencepiece_runs_store_their_tokenizer(corpus, tmp_path, capsys):
     assert report["vocabulary_size"] % 8 == 0 and report["vocabulary_size"] != 264
     assert report["tokens"] > 0
     assert report["bits_per_byte"] == pytest.approx(report["bits_per_token"] * report["tokens"] / report["bytes"])
+    # Exported with its SentencePiece model inside the graph (tensorflow-text ops).
+    import tensorflow as tf
+
+    assert cli.main(["export", out, str(tmp_path / "served")]) == 0
+    served = tf.saved_model.load(str(tmp_path / "served" / "1")).signatures["tokenize"]
+    text = "gamma = gamma + 3"
+    result = served(text=tf.constant([text, ""]))
+    expected = [tokenizer.bos_id] + np.asarray(tokenizer(text)).tolist()
+    assert result["lengths"].numpy().tolist() == [len(expected), 1]
+    assert result["token_ids"].numpy()[0].tolist() == expected
 
 
 @pytest.mark.parametrize(
@@ -92,6 +102,8 @@ def test_sentencepiece_runs_store_their_tokenizer(corpus, tmp_path, capsys):
         (["train", "--segment-length", "100"], "--segment-length=100"),
         (["train", "--batch-size", "0"], "--batch-size=0"),
         (["train", "--preset", "huge"], "--preset='huge'"),
+        (["train", "--dtype-policy", "float8"], "--dtype-policy='float8'"),
+        (["train", "--strategy", "multi_worker"], "multi-host recipe"),
     ],
 )
 def test_train_rejects_bad_arguments(argv, message, capsys, tmp_path):
@@ -183,7 +195,7 @@ def test_export_writes_a_servable_model_of_the_run(trained_run, tmp_path, capsys
     assert f"SavedModel written to {os.path.join(base, '1')}" in printed
     assert "score_text" in printed and "layer_" in printed
     signatures = tf.saved_model.load(os.path.join(base, "1")).signatures
-    assert set(signatures) == {"serving_default", "initial_state", "step", "score_text"}
+    assert set(signatures) == {"serving_default", "initial_state", "step", "score_text", "tokenize"}
 
     lm = load_checkpoint(os.path.join(run_dir, "model.keras"))
     tokenizer = load_tokenizer(run_dir)
@@ -201,3 +213,27 @@ def test_export_writes_a_servable_model_of_the_run(trained_run, tmp_path, capsys
     assert "--overwrite" in capsys.readouterr().err
     assert cli.main(["export", run_dir, base, "--overwrite", "--no-text-signature"]) == 0
     assert "score_text" not in set(tf.saved_model.load(os.path.join(base, "1")).signatures)
+
+
+@tensorflow_pass_only
+def test_train_under_a_strategy_in_mixed_bfloat16(corpus, tmp_path, capsys):
+    import keras
+
+    from keras_brt.training import load_checkpoint
+
+    out = str(tmp_path / "run")
+    argv = ["train", "--data", corpus, "--steps", "2", "--output", out, "--no-evaluation",
+            "--strategy", "mirrored", "--dtype-policy", "mixed_bfloat16", *SMALL]
+    assert cli.main(argv) == 0
+    assert "mixed_bfloat16, MirroredStrategy x1" in capsys.readouterr().out
+    run = json.loads(open(os.path.join(out, "run.json")).read())
+    assert (run["strategy"], run["dtype_policy"]) == ("mirrored", "mixed_bfloat16")
+    lm = load_checkpoint(os.path.join(out, "model.keras"))
+    assert lm.backbone.dtype_policy.name == "mixed_bfloat16" and int(lm.optimizer.iterations.numpy()) == 2
+    hidden, _ = lm.backbone(np.ones((1, 8), "int32"))
+    logits, _ = lm.call_with_state(np.ones((1, 8), "int32"))
+    assert keras.backend.standardize_dtype(hidden.dtype) == "bfloat16"
+    assert keras.backend.standardize_dtype(logits.dtype) == "float32"
+    # Resuming in another precision would silently change the run: refused.
+    assert cli.main([*argv[:-len(SMALL) - 2], "--resume", "--dtype-policy", "float32", *SMALL]) == 2
+    assert "dtype_policy" in capsys.readouterr().err

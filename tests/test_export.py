@@ -53,7 +53,7 @@ def test_layout_and_a_client_without_keras_brt(exported):
     assert path == os.path.join(str(base), "3")
     assert os.path.isfile(os.path.join(path, "saved_model.pb"))
     assert os.path.isdir(os.path.join(path, "variables"))
-    assert list(out["signatures"]) == ["initial_state", "score_text", "serving_default", "step"]
+    assert list(out["signatures"]) == ["initial_state", "score_text", "serving_default", "step", "tokenize"]
     assert not [m for m in out["imported"] if m.startswith("keras_brt")]
 
 

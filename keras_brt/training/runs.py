@@ -105,13 +105,13 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.directory, self.every = directory, every
 
     def on_train_batch_end(self, batch, logs=None):
-        step = int(self.model.optimizer.iterations)
+        step = int(self.model.optimizer.iterations.numpy())
         if step % self.every == 0:
             self.save()
 
     def save(self):
         model = self.model
-        step = int(model.optimizer.iterations)
+        step = int(model.optimizer.iterations.numpy())
         path = os.path.join(self.directory, CHECKPOINT)
         tmp = os.path.join(self.directory, "checkpoint.tmp.keras")
         model.save(tmp)
