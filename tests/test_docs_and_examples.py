@@ -63,3 +63,32 @@ def test_serve_rest_example_streams_through_step_like_the_whole_text(tmp_path):
                                            run.stdout).groups())
     assert os.path.isfile(tmp_path / "brt" / "1" / "saved_model.pb")
     assert streamed == pytest.approx(whole, abs=1e-4)  # 6 requests == one pass over the text
+
+
+@pytest.mark.slow
+@tensorflow_pass_only
+def test_train_distributed_example_trains_and_the_chief_saves(tmp_path):
+    import json
+    import subprocess
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i in range(12):
+        (folder / f"d{i}.txt").write_text(f"document {i}\n" + "abc abd abe " * (20 + i))
+    run = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "examples", "train_distributed.py"), "--strategy",
+         "mirrored", "--data", str(folder), "--steps", "12", "--global-batch-size", "4",
+         "--segment-length", "64", "--output", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        env={**os.environ, "KERAS_BACKEND": "tensorflow", "PYTHONPATH": ROOT},
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.split("RESULT ")[1])
+    assert result["strategy"] == "MirroredStrategy" and result["chief"]
+    assert result["loss"] < 0.6 * np.log(264)  # well below uniform over the byte vocabulary
+
+    from keras_brt.training import load_checkpoint
+
+    lm = load_checkpoint(str(tmp_path / "out" / "model.keras"))
+    assert int(lm.optimizer.iterations.numpy()) == 12
+    assert next(iter(lm.lane_state().values())).shape[0] == 4  # every lane of the global batch
