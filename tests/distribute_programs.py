@@ -21,7 +21,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from keras_brt import data, distribute  # noqa: E402
-from tests.models.common import W, make_lm, token_ids  # noqa: E402
+from tests.models.common import StepLosses, W, make_lm, token_ids  # noqa: E402
 
 SEGMENTS, LANES = 4, 4
 
@@ -31,15 +31,6 @@ def segments():
     starts = np.array([s == 0 or (lane == 2 and s == 2) for s in range(SEGMENTS) for lane in range(LANES)])
     x = {"token_ids": ids, "start_of_sequence": starts}
     return tf.data.Dataset.from_tensor_slices((x, ids)).batch(LANES, drop_remainder=True)
-
-
-class StepLosses(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.losses = []
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.losses.append(float(logs["loss"]))
 
 
 def train(strategy, jit_compile):

@@ -107,20 +107,12 @@ def test_an_eval_step_made_before_training_sees_the_trained_weights():
 @pytest.mark.slow
 def test_mixed_bfloat16_training_tracks_float32():
     """Same data, same initial weights: the bf16 run's per-step losses follow the float32 run's."""
-    from tests.models.common import TINY
+    from tests.models.common import TINY, StepLosses
 
     rng = np.random.default_rng(0)
     pattern = rng.integers(0, 40, 6 * W)
     ids = np.stack([np.roll(pattern, r) for r in range(8)]).astype("int32")  # learnable repeats
     x = {"token_ids": ids, "start_of_sequence": np.ones(8, bool)}
-
-    class StepLosses(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.losses = []
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.losses.append(float(logs["loss"]))
 
     histories, weights = {}, None
     for policy in ("float32", "mixed_bfloat16"):

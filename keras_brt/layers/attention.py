@@ -70,3 +70,15 @@ def attend(query, key, value, scale, bias=None, mask=None, dropout_mask=None):
         probs = probs * ops.cast(dropout_mask, probs.dtype)
     probs = ops.cast(probs, value.dtype)
     return ops.einsum("bhqs,bshk->bqhk", probs, value)  # (B, Q, H, K)
+
+
+def window_mask_row(block_size, index):
+    """Row `index` of `window_mask(block_size)` for a traced scalar index: `(1, 2W)`."""
+    key = ops.arange(2 * block_size)[None, :]  # (1, 2W)
+    return ops.logical_and(key >= index, key < index + block_size)
+
+
+def write_position(cache, update, index):
+    """`cache` `(B, W, H, K)` with position `index` replaced by `update` `(B, 1, H, K)`."""
+    at = ops.arange(ops.shape(cache)[1]) == index  # (W,)
+    return ops.where(at[None, :, None, None], ops.cast(update, cache.dtype), cache)

@@ -30,7 +30,13 @@ import keras
 from keras import ops
 from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
 
-from keras_brt.layers.attention import attend, l2_normalize, window_mask
+from keras_brt.layers.attention import (
+    attend,
+    l2_normalize,
+    window_mask,
+    window_mask_row,
+    write_position,
+)
 from keras_brt.layers.common import (
     FeedForward,
     check_choice,
@@ -279,51 +285,110 @@ class BlockRecurrentCell(DropoutRNNCell, keras.layers.Layer):
             [ops.cast(prev_values, values.dtype), values], axis=1
         )  # (B, 2W, H, K)
 
-        # State projections: norm, then state IDs (so shared weights give each
-        # state its own query), keys/values shared by both directions.
-        s = self.state_norm(state) + ops.cast(self.state_ids, state.dtype)  # (B, S, D)
-        s_q_self, s_keys, s_values, s_q_cross = split_heads(
-            self.state_qkv_dense(s), 4, h, k
-        )  # 4 × (B, S, H, K)
-        s_q_self, s_keys, s_q_cross = (
-            l2_normalize(s_q_self),
-            l2_normalize(s_keys),
-            l2_normalize(s_q_cross),
-        )
+        s_q_self, s_keys, s_values, s_q_cross = self._state_projections(state)  # 4 × (B, S, H, K)
 
         # Vertical direction: tokens read the window (causal, T5 bias) and the
         # old state (no mask, no bias), in parallel; concat, project, residual.
         window_bias = self.relative_position(ops.arange(w, 2 * w), ops.arange(0, 2 * w))  # (H, W, 2W)
+        outputs = self._token_outputs(
+            inputs, q_self, q_cross, window_keys, window_values, s_keys, s_values,
+            window_bias, ops.convert_to_tensor(self._window_mask), masks, training,
+        )  # (B, W, D)
+        new_state = self._advance(
+            state, s_q_self, s_keys, s_values, s_q_cross, window_keys, window_values
+        )  # (B, S, D)
+        return outputs, [new_state, keys, values]
+
+    def _state_projections(self, state):
+        """Norm, then state IDs (shared weights give each state its own query),
+        keys/values shared by both directions: 4 × `(B, S, H, K)`."""
+        h, k = self.num_heads, self.head_dim
+        s = self.state_norm(state) + ops.cast(self.state_ids, state.dtype)  # (B, S, D)
+        s_q_self, s_keys, s_values, s_q_cross = split_heads(
+            self.state_qkv_dense(s), 4, h, k
+        )  # 4 × (B, S, H, K)
+        return l2_normalize(s_q_self), l2_normalize(s_keys), s_values, l2_normalize(s_q_cross)
+
+    def _token_outputs(self, inputs, q_self, q_cross, window_keys, window_values, s_keys,
+                       s_values, bias, mask, masks=None, training=False):
+        """The token path for Q queries: `(B, Q, D)` inputs → `(B, Q, D)` outputs."""
+        batch, length = ops.shape(inputs)[0], ops.shape(inputs)[1]
         token_self = attend(
             q_self,
             window_keys,
             window_values,
             self.token_self_scale,
-            bias=window_bias,
-            mask=ops.convert_to_tensor(self._window_mask),
+            bias=bias,
+            mask=mask,
             dropout_mask=None if masks is None else masks[2],
-        )  # (B, W, H, K)
-        token_cross = attend(q_cross, s_keys, s_values, self.token_cross_scale)  # (B, W, H, K)
+        )  # (B, Q, H, K)
+        token_cross = attend(q_cross, s_keys, s_values, self.token_cross_scale)  # (B, Q, H, K)
+        hk = self.num_heads * self.head_dim
         token_heads = ops.reshape(
-            ops.concatenate([token_self, token_cross], axis=2), (batch, w, 2 * h * k)
-        )  # (B, W, 2HK)
-        outputs = inputs + self.token_output_dense(token_heads)  # (B, W, D)
-        outputs = outputs + self.feed_forward(
+            ops.concatenate([token_self, token_cross], axis=2), (batch, length, 2 * hk)
+        )  # (B, Q, 2HK)
+        outputs = inputs + self.token_output_dense(token_heads)  # (B, Q, D)
+        return outputs + self.feed_forward(
             outputs, training=training, dropout_mask=None if masks is None else masks[1]
-        )  # (B, W, D)
+        )  # (B, Q, D)
 
-        # Horizontal direction: states read themselves and all 2W tokens (no
-        # mask, no bias), in parallel; concat; the gated update replaces the residual.
+    def _advance(self, state, s_q_self, s_keys, s_values, s_q_cross, window_keys, window_values):
+        """Horizontal direction: states read themselves and all 2W tokens (no
+        mask, no bias), in parallel; concat; the gated update replaces the residual."""
         state_self = attend(s_q_self, s_keys, s_values, self.state_self_scale)  # (B, S, H, K)
         state_cross = attend(
             s_q_cross, window_keys, window_values, self.state_cross_scale
         )  # (B, S, H, K)
         state_heads = ops.reshape(
             ops.concatenate([state_self, state_cross], axis=2),
-            (batch, self.num_state_vectors, 2 * h * k),
+            (ops.shape(state)[0], self.num_state_vectors, 2 * self.num_heads * self.head_dim),
         )  # (B, S, 2HK)
-        new_state = self._update_state(state, state_heads)  # (B, S, D)
-        return outputs, [new_state, keys, values]
+        return self._update_state(state, state_heads)  # (B, S, D)
+
+    # === Decoding: one token at a time ===
+
+    def state_keys_values(self, state):
+        """The state's keys and values `(B, S, H, K)` that tokens read during a block."""
+        _, s_keys, s_values, _ = self._state_projections(state)
+        return s_keys, s_values
+
+    def decode(self, inputs, index, state, s_keys, s_values, prev_keys, prev_values, keys, values):
+        """Runs one token per row at position `index` of the current block.
+
+        Args:
+            inputs: `(B, 1, D)`.
+            index: int scalar, the position inside the block (same for every row).
+            state: `(B, S, D)` the state this block reads; `s_keys`, `s_values`
+                its `state_keys_values()`.
+            prev_keys, prev_values: `(B, W, H, K)` the previous block's.
+            keys, values: `(B, W, H, K)` the current block's so far (positions
+                at and after `index` are never read).
+
+        Returns:
+            `(outputs (B, 1, D), keys, values)` with this token's key and value
+            written at `index`. Equal to the block call's output at that position.
+        """
+        h, k, w = self.num_heads, self.head_dim, self.block_size
+        x = self.token_norm(inputs)  # (B, 1, D)
+        q_self, key, value, q_cross = split_heads(self.token_qkv_dense(x), 4, h, k)  # 4 × (B, 1, H, K)
+        q_self, key, q_cross = l2_normalize(q_self), l2_normalize(key), l2_normalize(q_cross)
+        keys = write_position(keys, key, index)  # (B, W, H, K)
+        values = write_position(values, value, index)  # (B, W, H, K)
+        window_keys = ops.concatenate([ops.cast(prev_keys, keys.dtype), keys], axis=1)  # (B, 2W, H, K)
+        window_values = ops.concatenate([ops.cast(prev_values, values.dtype), values], axis=1)
+        bias = self.relative_position(ops.reshape(index + w, (1,)), ops.arange(0, 2 * w))  # (H, 1, 2W)
+        mask = window_mask_row(w, index)  # (1, 2W)
+        outputs = self._token_outputs(
+            inputs, q_self, q_cross, window_keys, window_values, s_keys, s_values, bias, mask
+        )  # (B, 1, D)
+        return outputs, keys, values
+
+    def advance_state(self, state, prev_keys, prev_values, keys, values):
+        """The state after a whole block whose keys/values are `keys`, `values`."""
+        s_q_self, s_keys, s_values, s_q_cross = self._state_projections(state)
+        window_keys = ops.concatenate([ops.cast(prev_keys, keys.dtype), keys], axis=1)  # (B, 2W, H, K)
+        window_values = ops.concatenate([ops.cast(prev_values, values.dtype), values], axis=1)
+        return self._advance(state, s_q_self, s_keys, s_values, s_q_cross, window_keys, window_values)
 
     def _update_state(self, state, state_heads):
         if self.state_mlp == "single":

@@ -3,7 +3,13 @@
 import keras
 from keras import ops
 
-from keras_brt.layers.attention import attend, l2_normalize, window_mask
+from keras_brt.layers.attention import (
+    attend,
+    l2_normalize,
+    window_mask,
+    window_mask_row,
+    write_position,
+)
 from keras_brt.layers.common import (
     FeedForward,
     check_positive_int,
@@ -190,9 +196,41 @@ class SlidingWindowTransformerLayer(keras.layers.Layer):
             dropout_mask=self.attention_dropout_mask(training),
         )  # (B*N, W, H, K)
         attended = ops.reshape(attended, (batch, -1, h * k))  # (B, T, H*K)
+        return self._residual(inputs, attended, training), keys[:, -1], values[:, -1]
+
+    def _residual(self, inputs, attended, training=False):
         outputs = inputs + self.output_dense(attended)  # (B, T, D)
-        outputs = outputs + self.feed_forward(outputs, training=training)  # (B, T, D)
-        return outputs, keys[:, -1], values[:, -1]
+        return outputs + self.feed_forward(outputs, training=training)  # (B, T, D)
+
+    def decode(self, inputs, index, prev_keys, prev_values, keys, values):
+        """Runs one token per row at position `index` of the current block.
+
+        Args:
+            inputs: `(B, 1, D)`.
+            index: int scalar, the position inside the block (same for every row).
+            prev_keys, prev_values: `(B, W, H, K)` the previous block's.
+            keys, values: `(B, W, H, K)` the current block's so far (positions
+                at and after `index` are never read).
+
+        Returns:
+            `(outputs (B, 1, D), keys, values)` with this token's key and value
+            written at `index`. Equal to the block call's output at that position.
+        """
+        w, h, k = self.block_size, self.num_heads, self.head_dim
+        q, key, value = split_heads(self.qkv_dense(self.norm(inputs)), 3, h, k)  # 3 × (B, 1, H, K)
+        q, key = l2_normalize(q), l2_normalize(key)
+        keys = write_position(keys, key, index)  # (B, W, H, K)
+        values = write_position(values, value, index)  # (B, W, H, K)
+        attended = attend(
+            q,
+            ops.concatenate([ops.cast(prev_keys, keys.dtype), keys], axis=1),  # (B, 2W, H, K)
+            ops.concatenate([ops.cast(prev_values, values.dtype), values], axis=1),
+            self.attention_scale,
+            bias=self.relative_position(ops.reshape(index + w, (1,)), ops.arange(0, 2 * w)),
+            mask=window_mask_row(w, index),  # (1, 2W)
+        )  # (B, 1, H, K)
+        attended = ops.reshape(attended, (ops.shape(inputs)[0], 1, h * k))  # (B, 1, H*K)
+        return self._residual(inputs, attended), keys, values
 
     def compute_output_shape(self, inputs_shape, prev_keys_shape=None, prev_values_shape=None):
         cache = (inputs_shape[0], self.block_size, self.num_heads, self.head_dim)

@@ -355,6 +355,74 @@ class BlockRecurrentTransformerBackbone(keras.Model):
             x = x[:, :length]
         return x, new_state
 
+    # === Decoding: one token at a time ===
+
+    def decode_cache(self, state):
+        """The decoding cache for a carried `state` taken at a block boundary.
+
+        Per layer: the previous block's keys/values (`prev_keys`, `prev_values`),
+        the current block's so far (`keys`, `values`, filled as tokens come) and,
+        for recurrent layers, the state with its keys/values (`state`,
+        `state_keys`, `state_values`). Its size is fixed: W tokens and S state
+        vectors per layer, however long the text.
+        """
+        cache = {}
+        for i, layer in enumerate(self.transformer_layers):
+            keys, values = state[f"layer_{i}_keys"], state[f"layer_{i}_values"]
+            cache[f"layer_{i}_prev_keys"], cache[f"layer_{i}_prev_values"] = keys, values
+            cache[f"layer_{i}_keys"] = ops.zeros_like(keys)
+            cache[f"layer_{i}_values"] = ops.zeros_like(values)
+            if self._is_recurrent(i):
+                vectors = state[f"layer_{i}_state"]
+                cache[f"layer_{i}_state"] = vectors
+                (cache[f"layer_{i}_state_keys"],
+                 cache[f"layer_{i}_state_values"]) = layer.cell.state_keys_values(vectors)
+        return cache
+
+    def decode_step(self, token_ids, index, cache):
+        """Runs one token per row through every layer.
+
+        Args:
+            token_ids: int `(B,)`, the tokens at position `index` of the block.
+            index: int scalar, the position inside the current block.
+            cache: from `decode_cache()` or a previous `decode_step()`.
+
+        Returns:
+            `(hidden (B, D), cache)`. After the block's last position the cache
+            moves on to the next block: every recurrent layer's state advances
+            exactly as in `call`, and the block's keys/values become the window.
+        """
+        x = self.token_embedding(token_ids[:, None])  # (B, 1, D)
+        new = dict(cache)
+        for i, layer in enumerate(self.transformer_layers):
+            window = [cache[f"layer_{i}_{n}"] for n in ("prev_keys", "prev_values", "keys", "values")]
+            if self._is_recurrent(i):
+                x, keys, values = layer.cell.decode(
+                    x, index, cache[f"layer_{i}_state"], cache[f"layer_{i}_state_keys"],
+                    cache[f"layer_{i}_state_values"], *window,
+                )  # (B, 1, D), 2 × (B, W, H, K)
+            else:
+                x, keys, values = layer.decode(x, index, *window)  # (B, 1, D), 2 × (B, W, H, K)
+            new[f"layer_{i}_keys"], new[f"layer_{i}_values"] = keys, values
+        hidden = self.final_norm(x)[:, 0]  # (B, D)
+
+        def next_block():
+            moved = dict(new)
+            for i, layer in enumerate(self.transformer_layers):
+                keys, values = new[f"layer_{i}_keys"], new[f"layer_{i}_values"]
+                if self._is_recurrent(i):
+                    vectors = layer.cell.advance_state(
+                        new[f"layer_{i}_state"], new[f"layer_{i}_prev_keys"],
+                        new[f"layer_{i}_prev_values"], keys, values,
+                    )  # (B, S, D)
+                    moved[f"layer_{i}_state"] = ops.cast(vectors, new[f"layer_{i}_state"].dtype)
+                    (moved[f"layer_{i}_state_keys"],
+                     moved[f"layer_{i}_state_values"]) = layer.cell.state_keys_values(vectors)
+                moved[f"layer_{i}_prev_keys"], moved[f"layer_{i}_prev_values"] = keys, values
+            return moved
+
+        return hidden, ops.cond(index == self.block_size - 1, next_block, lambda: new)
+
     def compute_output_spec(self, token_ids, state=None, **kwargs):
         batch, length = token_ids.shape
         hidden = keras.KerasTensor((batch, length, self.hidden_dim), dtype=self.compute_dtype)

@@ -1,5 +1,6 @@
-"""Tiny model configurations shared by the model tests."""
+"""Tiny model configurations and helpers shared by the model and training tests."""
 
+import keras
 import numpy as np
 
 import keras_brt
@@ -29,3 +30,14 @@ def token_ids(batch=2, length=24, seed=0):
 
 def numpy_state(state):
     return {k: np.asarray(v) for k, v in state.items()}
+
+
+class StepLosses(keras.callbacks.Callback):
+    """Records the loss after every training step."""
+
+    def __init__(self):
+        super().__init__()
+        self.losses = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.losses.append(float(logs["loss"]))
