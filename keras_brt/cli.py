@@ -1,8 +1,9 @@
-"""`keras-brt`: train, evaluate and export Block-Recurrent Transformers on long documents.
+"""`keras-brt`: train, evaluate, generate with and export Block-Recurrent Transformers.
 
     keras-brt train                      # tiny model, built-in corpus, a few CPU minutes
     keras-brt train --data pg19 --data-dir ~/tensorflow_datasets --tokenizer sentencepiece
     keras-brt evaluate RUN_DIR [--json]  # held-out bits per token, state carried vs cleared
+    keras-brt generate RUN_DIR --prompt TEXT --max-length N
     keras-brt export RUN_DIR OUT_DIR     # SavedModel for TF Serving in OUT_DIR/1
 """
 
@@ -138,16 +139,16 @@ def _check_train_args(args):
                              ("--checkpoint-every", args.checkpoint_every, 1)):
         if value < low:
             raise ValueError(f"`{flag}` must be at least {low}. Received: {flag}={value}")
-    if args.strategy != "none" and keras.backend.backend() != "tensorflow":
-        raise ValueError(
-            "`--strategy` uses tf.distribute: run with KERAS_BACKEND=tensorflow. Received: "
-            f"--strategy={args.strategy!r} with backend={keras.backend.backend()!r}"
-        )
     if args.strategy == "multi_worker":
         raise ValueError(
             "`keras-brt train` runs in one process; train on several hosts from Python with "
             "keras_brt.distribute (see the README's multi-host recipe). Received: "
             "--strategy='multi_worker'"
+        )
+    if args.strategy != "none" and keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            "`--strategy` uses tf.distribute: run with KERAS_BACKEND=tensorflow. Received: "
+            f"--strategy={args.strategy!r} with backend={keras.backend.backend()!r}"
         )
     if args.dtype_policy not in ("float32", "mixed_bfloat16", "mixed_float16", "bfloat16"):
         raise ValueError(
@@ -317,6 +318,38 @@ def evaluate(args):
     return report
 
 
+# === generate ===
+
+
+def generate(args):
+    from keras_brt.models import get_sampler
+    from keras_brt.models.samplers import SAMPLERS
+    from keras_brt.training import load_checkpoint, load_tokenizer, runs
+
+    runs.read_run(args.run_dir)
+    lm = load_checkpoint(_run_model_path(args.run_dir))
+    tokenizer = load_tokenizer(args.run_dir)
+    options = {"temperature": args.temperature}
+    if args.sampler == "top_k":
+        options["k"] = args.top_k
+    elif args.sampler == "top_p":
+        options["p"] = args.top_p
+    sampler = SAMPLERS[args.sampler](**options) if args.sampler in SAMPLERS else get_sampler(args.sampler)
+    prompt = args.prompt
+    if args.prompt_file:
+        with open(args.prompt_file, encoding="utf-8") as f:
+            prompt = f.read()
+    if prompt is None:
+        raise ValueError("Give --prompt TEXT or --prompt-file PATH. Received: neither")
+    max_length = args.max_length
+    if args.max_new_tokens is not None:
+        max_length = 1 + len(tokenizer(prompt)) + args.max_new_tokens
+    text = lm.generate(prompt, max_length=max_length, sampler=sampler, tokenizer=tokenizer,
+                       stop_token_ids="auto", strip_prompt=args.strip_prompt, seed=args.seed)
+    print(text)
+    return text
+
+
 # === export ===
 
 
@@ -397,6 +430,21 @@ def build_parser():
     p.add_argument("--plot", default=None, help="PNG path (default: in RUN_DIR)")
     p.add_argument("--json", action="store_true", help="end with one line of JSON")
     p.set_defaults(func=evaluate)
+
+    p = commands.add_parser("generate", help="continue a text with a trained run's model")
+    p.add_argument("run_dir")
+    p.add_argument("--prompt", default=None)
+    p.add_argument("--prompt-file", default=None, help="read the prompt from a file (any length)")
+    p.add_argument("--max-length", type=int, default=256,
+                   help="tokens of prompt (with its BOS) plus output")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="instead of --max-length")
+    p.add_argument("--sampler", choices=("greedy", "random", "top_k", "top_p"), default="top_p")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--top-p", type=float, default=0.9)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--strip-prompt", action="store_true", help="print only the continuation")
+    p.set_defaults(func=generate)
 
     p = commands.add_parser("export", help="write a run's model as a SavedModel for TF Serving")
     p.add_argument("run_dir")

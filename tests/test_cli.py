@@ -237,3 +237,18 @@ def test_train_under_a_strategy_in_mixed_bfloat16(corpus, tmp_path, capsys):
     # Resuming in another precision would silently change the run: refused.
     assert cli.main([*argv[:-len(SMALL) - 2], "--resume", "--dtype-policy", "float32", *SMALL]) == 2
     assert "dtype_policy" in capsys.readouterr().err
+
+
+def test_generate_continues_a_prompt_reproducibly(trained_run, capsys):
+    run_dir, _ = trained_run
+    argv = ["generate", run_dir, "--prompt", "alpha = ", "--max-new-tokens", "20", "--seed", "3"]
+    assert cli.main(argv) == 0
+    first = capsys.readouterr().out
+    assert first.startswith("alpha = ")
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out == first  # seeded
+    assert cli.main(argv[:4] + ["--sampler", "greedy", "--strip-prompt", "--max-length", "16"]) == 0
+    greedy = capsys.readouterr().out[:-1]  # print's newline
+    assert 0 < len(greedy.encode()) <= 16 - 9  # BOS + 8 prompt bytes: at most 7 new bytes
+    assert cli.main(["generate", run_dir, "--prompt", "alpha", "--max-length", "3"]) == 2
+    assert "Received: max_length=3" in capsys.readouterr().err

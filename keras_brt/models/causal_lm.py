@@ -3,11 +3,15 @@
 import math
 
 import keras
+import numpy as np
 from keras import ops
 from keras.src.backend.common.symbolic_scope import in_symbolic_scope
 
 from keras_brt.models import replicas
 from keras_brt.models.backbone import BlockRecurrentTransformerBackbone, concrete_value
+from keras_brt.models.compiling import compile_function
+from keras_brt.models.generation import generate_step, prepare_prompts
+from keras_brt.models.samplers import get_sampler
 
 
 def _unpack_inputs(inputs):
@@ -226,6 +230,108 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
         )
         return self.compute_logits(hidden), new_state
 
+    # === Generation ===
+
+    @property
+    def tokenizer(self):
+        """Optional tokenizer for string prompts in `generate()` (not saved with the model)."""
+        return self.__dict__.get("_tokenizer")
+
+    @tokenizer.setter
+    def tokenizer(self, value):
+        self.__dict__["_tokenizer"] = value
+
+    def __setattr__(self, name, value):
+        if name == "tokenizer":  # A preprocessing helper, not a tracked sublayer.
+            return object.__setattr__(self, name, value)
+        return super().__setattr__(name, value)
+
+    def generate(self, inputs, max_length, sampler=None, stop_token_ids=None, strip_prompt=False,
+                 seed=None, tokenizer=None):
+        """Continues prompts, carrying the recurrent state through the output.
+
+        Prompts of any length are prefilled block by block, then tokens are
+        decoded one at a time with a fixed-size cache; the state advances at
+        every block boundary, exactly as `call_with_state` computes it (greedy
+        output equals the argmax of `call_with_state` on the generated text).
+        The decoding function is XLA-compiled once per batch size, `max_length`
+        and sampler, and reused.
+
+        Args:
+            inputs: a string or list of strings (with a tokenizer; a BOS is
+                prepended), a sequence of ids, a list of id sequences of any
+                lengths, a 2-D array, or a dict with `token_ids` and
+                `padding_mask` (right-padded).
+            max_length: int, total length of prompt plus output (above every
+                prompt's length).
+            sampler: a name (`"greedy"`, `"random"`, `"top_k"`, `"top_p"`), a
+                `keras_brt.models.Sampler`, or a `keras_hub.samplers.Sampler`;
+                default: the one given to `compile()`, else greedy.
+            stop_token_ids: ids that end a row (kept in the output), `"auto"`
+                for the tokenizer's EOS, or None.
+            strip_prompt: return only the generated tokens.
+            seed: int seed of the random draws (reproducible output).
+            tokenizer: for strings; default `lm.tokenizer` when set.
+
+        Returns:
+            For strings, the generated strings (one string for one prompt); for
+            ids, a dict of `token_ids` and `padding_mask` `(B, L)` in which the
+            tokens after a stop token are masked out.
+
+        Example:
+
+        ```python
+        lm.generate([[1, 72, 101], [1, 80]], max_length=64, sampler="top_k", seed=0)
+        lm.generate("def main():", max_length=200, tokenizer=keras_brt.data.ByteTokenizer())
+        ```
+        """
+        tokenizer = tokenizer if tokenizer is not None else self.tokenizer
+        backbone = self.backbone
+        token_ids, lengths, strings, single = prepare_prompts(
+            inputs, backbone.vocabulary_size, max_length, tokenizer
+        )
+        if stop_token_ids == "auto":
+            stop_token_ids = () if tokenizer is None else (getattr(tokenizer, "eos_id", 2),)
+        stop = np.asarray(list(stop_token_ids or ()), "int32").reshape(-1)
+        if stop.size and (stop.min() < 0 or stop.max() >= backbone.vocabulary_size):
+            raise ValueError(
+                f"`stop_token_ids` must lie in [0, vocabulary_size={backbone.vocabulary_size}). "
+                f"Received: stop_token_ids={stop.tolist()}"
+            )
+        sampler = get_sampler(sampler) if sampler is not None else getattr(self, "sampler", None)
+        sampler = sampler or get_sampler("greedy")
+        uniforms = np.random.default_rng(seed).random(token_ids.shape[::-1], dtype="float32")
+        output, ended = self._generate_function(sampler)(token_ids, lengths, uniforms, stop)
+        output, ended = np.asarray(output), np.asarray(ended)
+
+        positions = np.arange(output.shape[1])[None]
+        stops = np.isin(output, stop) & (positions >= lengths[:, None])
+        first_stop = np.where(stops.any(1), stops.argmax(1), output.shape[1] - 1)
+        mask = positions <= first_stop[:, None]
+        if strip_prompt:
+            mask &= positions >= lengths[:, None]
+        if strings:
+            texts = [tokenizer.detokenize(row[m]) for row, m in zip(output, mask)]
+            return texts[0] if single else texts
+        if strip_prompt:  # Left-align what was generated.
+            shift = [np.concatenate([row[m], np.zeros(len(row) - m.sum(), row.dtype)]) for row, m in
+                     zip(output, mask)]
+            mask = np.arange(output.shape[1])[None] < mask.sum(1)[:, None]
+            output = np.stack(shift)
+        return {"token_ids": np.where(mask, output, 0), "padding_mask": mask}
+
+    def _generate_function(self, sampler):
+        """The compiled generate step for `sampler`, made once and cached."""
+        functions = self.__dict__.setdefault("_generate_functions", {})
+        key = (type(sampler).__name__, repr(sorted(sampler.get_config().items())))
+        if key not in functions:
+            def step(token_ids, lengths, uniforms, stop):
+                self.__dict__["generate_traces"] = self.__dict__.get("generate_traces", 0) + 1
+                return generate_step(self, sampler, token_ids, lengths, uniforms, stop)
+
+            functions[key] = compile_function(self, step)
+        return functions[key]
+
     def compute_logits(self, hidden):
         """Tied-embedding logits `(B, T, V)` in float32, divided by √D."""
         embeddings = ops.cast(self.backbone.token_embedding.embeddings, hidden.dtype)
@@ -293,11 +399,13 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
     # === Training entry points ===
 
     def compile(self, optimizer="auto", loss="auto", weighted_metrics="auto", jit_compile="auto",
-                **kwargs):
+                sampler="greedy", **kwargs):
         """`keras.Model.compile` with defaults for language modeling.
 
         `"auto"` gives AdamW (learning rate 1e-3), sparse cross-entropy on the
         float32 logits and weighted token accuracy (weights mask padding).
+        `sampler` is `generate()`'s default (a name or a Sampler); compiling
+        again drops the compiled generate functions.
 
         `jit_compile=True` under a multi-replica tf.distribute strategy (where
         Keras's own XLA path fails) compiles each replica's forward and
@@ -310,6 +418,8 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
             loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         if weighted_metrics == "auto":
             weighted_metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+        self.__dict__["sampler"] = get_sampler(sampler)
+        self.__dict__["_generate_functions"] = {}
         self.replica_jit_compile = jit_compile is True and replicas.multi_replica_strategy()
         self.__dict__["_replica_step"] = None  # built by the first replica_xla.train_step
         super().compile(

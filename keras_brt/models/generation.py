@@ -1,0 +1,129 @@
+"""Text generation with the carried state: block-by-block prefill, token-by-token decoding.
+
+The compiled `generate_step` keeps a fixed-size cache (the window's keys and
+values and the state vectors of every layer), so memory does not grow with the
+prompt or the output:
+
+1. prefill: the prompt's whole blocks shared by every row run block by block
+   through `call_with_state` (parallel inside a block, one block of activations
+   at a time);
+2. decode: one token per step through `backbone.decode_step`; the rest of each
+   prompt is fed token by token, then the sampler picks tokens. After every
+   block's last token the recurrent state advances, exactly as in training.
+"""
+
+import numpy as np
+from keras import ops
+
+
+def generate_step(lm, sampler, token_ids, prompt_lengths, uniforms, stop_token_ids, pad_id=0):
+    """Generates into `token_ids` `(B, L)` after each row's prompt.
+
+    Args:
+        lm: the causal LM.
+        sampler: `(logits (B, V), uniform (B,)) -> ids (B,)`.
+        token_ids: int `(B, L)`: prompts left-aligned, then padding.
+        prompt_lengths: int `(B,)`, each >= 1.
+        uniforms: float `(L, B)`: the random draw for each position.
+        stop_token_ids: int `(n,)`; a row ends after generating one of them.
+        pad_id: written after a row has ended.
+
+    Returns:
+        `(token_ids (B, L), ended (B,))`.
+    """
+    backbone = lm.backbone
+    w = backbone.block_size
+    batch, length = ops.shape(token_ids)[0], ops.shape(token_ids)[1]
+    # Whole blocks run in parallel; the block holding each prompt's last token
+    # goes through the decoding loop, so decoding always starts on a prompt token.
+    num_blocks = (ops.min(prompt_lengths) - 1) // w
+
+    # One block of slack: the loop body is compiled even when it never runs, and its
+    # static (B, W) slice must fit however short max_length is.
+    source = ops.pad(token_ids, ((0, 0), (0, w)))  # (B, L + W)
+
+    def prefill(n, state):
+        block = ops.slice(source, (0, n * w), (batch, w))  # (B, W)
+        _, state = lm.call_with_state(block, state)
+        return n + 1, state
+
+    _, state = ops.while_loop(
+        lambda n, state: n < num_blocks, prefill, (ops.convert_to_tensor(0, "int32"),
+                                                   lm.initial_state(batch))
+    )
+    cache = backbone.decode_cache(state)
+
+    def decode(t, ids, cache, ended):
+        token = ops.take(ids, t, axis=1)  # (B,)
+        hidden, cache = backbone.decode_step(token, t % w, cache)  # (B, D)
+        logits = lm.compute_logits(hidden[:, None])[:, 0]  # (B, V) float32
+        chosen = sampler(logits, ops.take(uniforms, t + 1, axis=0))  # (B,)
+        forced = t + 1 < prompt_lengths  # (B,) still inside the prompt
+        following = ops.where(
+            forced, ops.take(ids, t + 1, axis=1), ops.where(ended, pad_id, chosen)
+        )  # (B,)
+        is_stop = ops.any(following[:, None] == stop_token_ids[None, :], axis=1)  # (B,)
+        ended = ops.logical_or(ended, ops.logical_and(ops.logical_not(forced), is_stop))
+        ids = ops.slice_update(ids, (0, t + 1), ops.cast(following, ids.dtype)[:, None])  # (B, L)
+        return t + 1, ids, cache, ended
+
+    def running(t, ids, cache, ended):
+        return ops.logical_and(t < length - 1, ops.logical_not(ops.all(ended)))
+
+    _, token_ids, _, ended = ops.while_loop(
+        running, decode, (num_blocks * w, token_ids, cache, ops.zeros((batch,), "bool"))
+    )
+    return token_ids, ended
+
+
+def prepare_prompts(inputs, vocabulary_size, max_length, tokenizer=None):
+    """Prompts (strings, id sequences, a 2-D array or a KerasHub-style dict) →
+    `(token_ids (B, L) int32, lengths (B,), returned_strings, single)`."""
+    single = isinstance(inputs, str) or (
+        isinstance(inputs, (list, tuple)) and inputs and np.ndim(inputs[0]) == 0
+        and not isinstance(inputs[0], str)
+    )
+    if single:
+        inputs = [inputs]
+    strings = isinstance(inputs, (list, tuple)) and bool(inputs) and isinstance(inputs[0], str)
+    if strings:
+        if tokenizer is None:
+            raise ValueError(
+                "String prompts need a tokenizer: pass `tokenizer=` or set `lm.tokenizer`. "
+                f"Received: inputs={inputs[:2]!r}"
+            )
+        bos = getattr(tokenizer, "bos_id", 1)
+        prompts = [np.concatenate([[bos], np.asarray(tokenizer(text), "int64")]) for text in inputs]
+    elif isinstance(inputs, dict):
+        ids = np.asarray(inputs["token_ids"])
+        mask = np.asarray(inputs.get("padding_mask", np.ones_like(ids)), bool)
+        prompts = [row[m] for row, m in zip(ids, mask)]
+    else:
+        prompts = [np.asarray(p) for p in inputs]
+    if not prompts:
+        raise ValueError(f"`inputs` holds no prompt. Received: inputs={inputs!r}")
+    for i, prompt in enumerate(prompts):
+        if prompt.ndim != 1 or prompt.size == 0:
+            raise ValueError(
+                f"Every prompt needs at least one token id (strings get a BOS). Received: prompt {i} "
+                f"with shape {prompt.shape}"
+            )
+        if not np.issubdtype(prompt.dtype, np.integer):
+            raise ValueError(f"Prompt token ids must be integers. Received: dtype={prompt.dtype} "
+                             f"in prompt {i}")
+        if prompt.min() < 0 or prompt.max() >= vocabulary_size:
+            raise ValueError(
+                f"Prompt token ids must lie in [0, vocabulary_size={vocabulary_size}). Received: "
+                f"{prompt[(prompt < 0) | (prompt >= vocabulary_size)][:5].tolist()} in prompt {i}"
+            )
+    longest = max(len(p) for p in prompts)
+    if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or max_length <= longest:
+        raise ValueError(
+            f"`max_length` (prompt plus generated tokens) must be an integer above the longest "
+            f"prompt ({longest} tokens). Received: max_length={max_length!r}"
+        )
+    token_ids = np.zeros((len(prompts), int(max_length)), "int32")
+    for i, prompt in enumerate(prompts):
+        token_ids[i, :len(prompt)] = prompt
+    lengths = np.array([len(p) for p in prompts], "int32")
+    return token_ids, lengths, strings, single

@@ -1,0 +1,186 @@
+"""generate(): token-by-token decoding equals the full forward pass, samplers, stop tokens, compilation."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_brt.data import ByteTokenizer
+from keras_brt.models.compiling import compile_function
+from keras_brt.models import GreedySampler, RandomSampler, TopKSampler, TopPSampler, get_sampler
+from tests.models.common import V, W, make_lm, token_ids
+
+MAX = 6 * W + 4  # One max_length and batch 2 for most tests: one compiled function serves them.
+
+
+@pytest.fixture(scope="module")
+def lm():
+    keras.utils.set_random_seed(11)
+    return make_lm()
+
+
+@pytest.mark.parametrize("config", [{}, {"gate": "lstm", "state_mlp": "dual"}, {"state_mlp": "single"},
+                                    {"recurrent_layers": ()}])
+def test_decoding_one_token_at_a_time_equals_the_block_call(config):
+    lm = make_lm(**config)
+    lm.build()
+    step = compile_function(lm, lm.backbone.decode_step)  # compiled once: fast on every backend
+    ids = token_ids(batch=2, length=4 * W + 3)
+    logits, _ = lm.call_with_state(ids)
+    cache = lm.backbone.decode_cache(lm.initial_state(2))
+    decoded = []
+    for t in range(ids.shape[1]):
+        hidden, cache = step(ids[:, t], np.int32(t % W), cache)
+        decoded.append(np.asarray(lm.compute_logits(hidden[:, None]))[:, 0])
+    # Across 4 block boundaries, where the state advances inside decode_step.
+    np.testing.assert_allclose(np.stack(decoded, 1), np.asarray(logits), atol=1e-4)
+    # The cache after whole blocks holds the carried state of call_with_state.
+    _, state = lm.call_with_state(ids[:, :4 * W])
+    cache = lm.backbone.decode_cache(lm.initial_state(2))
+    for t in range(4 * W):
+        _, cache = step(ids[:, t], np.int32(t % W), cache)
+    for name, value in state.items():
+        cached = cache[name.replace("_keys", "_prev_keys").replace("_values", "_prev_values")]
+        np.testing.assert_allclose(np.asarray(cached), np.asarray(value), atol=1e-4, err_msg=name)
+
+
+def _assert_greedy_is_the_argmax(lm, prompts, output):
+    ids, mask = output["token_ids"], output["padding_mask"]
+    logits, _ = lm.call_with_state(ids)
+    predicted = np.asarray(logits).argmax(-1)
+    for row, prompt in enumerate(prompts):
+        n, end = len(prompt), int(mask[row].sum())
+        np.testing.assert_array_equal(ids[row, :n], prompt)
+        np.testing.assert_array_equal(ids[row, n:end], predicted[row, n - 1:end - 1])
+
+
+@pytest.mark.parametrize("lengths", [(3, 1), (2 * W, 5 * W + 1), (3, 5 * W + 1)])
+def test_greedy_generation_is_the_argmax_of_the_full_forward_pass(lm, lengths):
+    # Prompts shorter than a block, many blocks long, and both in one batch; decoding
+    # crosses several block boundaries where the state advances.
+    prompts = [token_ids(1, n, seed=i)[0] for i, n in enumerate(lengths)]
+    output = lm.generate(prompts, max_length=MAX)
+    assert output["token_ids"].shape == (2, MAX)
+    assert output["padding_mask"].all()  # no stop tokens: every row runs to max_length
+    _assert_greedy_is_the_argmax(lm, prompts, output)
+
+
+def test_stop_tokens_end_rows_independently(lm):
+    prompts = [token_ids(1, 2, seed=0)[0], token_ids(1, 5, seed=1)[0]]
+    free = lm.generate(prompts, max_length=MAX)["token_ids"]
+    # A token that row 0 generates early and row 1 never generates.
+    generated0, generated1 = free[0, 2:], free[1, 5:]
+    stop = next(int(t) for t in generated0[2:] if t not in generated1)
+    where = 2 + int(np.argmax(generated0 == stop))
+    output = lm.generate(prompts, max_length=MAX, stop_token_ids=[stop])
+    ids, mask = output["token_ids"], output["padding_mask"]
+    assert mask[0].sum() == where + 1 and ids[0, where] == stop  # kept, then masked
+    assert not ids[0, where + 1:].any()
+    np.testing.assert_array_equal(ids[0, :where + 1], free[0, :where + 1])
+    np.testing.assert_array_equal(ids[1], free[1])  # row 1 ran on, unchanged
+    assert mask[1].all()
+
+
+def test_strip_prompt_and_strings_in_strings_out():
+    lm = make_lm(vocabulary_size=259)
+    tokenizer = ByteTokenizer()
+    text = lm.generate(["def f(x):", "x"], max_length=3 * W, tokenizer=tokenizer)
+    ids = lm.generate([[1] + list(np.asarray(tokenizer(t))) for t in ("def f(x):", "x")], max_length=3 * W)
+    assert text == [tokenizer.detokenize(row) for row in ids["token_ids"]]
+    assert text[0].startswith("def f(x):") and text[1].startswith("x")
+    only_new = lm.generate(["def f(x):", "x"], max_length=3 * W, tokenizer=tokenizer, strip_prompt=True)
+    assert text == ["def f(x):" + only_new[0], "x" + only_new[1]]
+    lm.tokenizer = tokenizer  # strings with the model's own tokenizer; one string in, one out
+    assert lm.generate("x", max_length=3 * W, strip_prompt=True) == only_new[1]
+    stripped = lm.generate([[1, 5, 6], [1]], max_length=3 * W, strip_prompt=True)
+    full = lm.generate([[1, 5, 6], [1]], max_length=3 * W)
+    assert stripped["padding_mask"].sum(1).tolist() == [3 * W - 3, 3 * W - 1]
+    np.testing.assert_array_equal(stripped["token_ids"][0, :3 * W - 3], full["token_ids"][0, 3:])
+
+
+def test_seeded_sampling_is_reproducible_and_stays_in_the_top_k(lm):
+    prompts = [token_ids(1, 3, seed=0)[0]] * 2
+    sample = lambda seed, sampler="random": lm.generate(prompts, MAX, sampler=sampler, seed=seed)
+    first, again, other = sample(1)["token_ids"], sample(1)["token_ids"], sample(2)["token_ids"]
+    np.testing.assert_array_equal(first, again)
+    assert (first != other).any() and (first[0] != first[1]).any()  # rows draw independently
+    output = sample(5, TopKSampler(k=2))["token_ids"]
+    logits, _ = lm.call_with_state(output)
+    top2 = np.argsort(np.asarray(logits), -1)[..., -2:]
+    assert all(output[r, t + 1] in top2[r, t] for r in range(2) for t in range(2, MAX - 1))
+
+
+def test_samplers_choose_from_the_right_tokens():
+    logits = ops.convert_to_tensor(np.log([[0.5, 0.3, 0.15, 0.05]] * 2000).astype("float32"))
+    uniform = ops.convert_to_tensor(np.random.default_rng(0).random(2000).astype("float32"))
+    counts = lambda sampler: np.bincount(np.asarray(sampler(logits, uniform)), minlength=4) / 2000
+    np.testing.assert_allclose(counts(RandomSampler()), [0.5, 0.3, 0.15, 0.05], atol=0.03)
+    np.testing.assert_allclose(counts(TopKSampler(k=2)), [0.625, 0.375, 0, 0], atol=0.03)
+    np.testing.assert_allclose(counts(TopPSampler(p=0.7)), [0.625, 0.375, 0, 0], atol=0.03)
+    np.testing.assert_allclose(counts(TopPSampler(p=0.01)), [1, 0, 0, 0])
+    np.testing.assert_allclose(counts(GreedySampler()), [1, 0, 0, 0])
+    cold = counts(RandomSampler(temperature=0.25))  # sharper: the first token dominates
+    assert cold[0] > 0.85
+
+
+def test_keras_hub_style_samplers_are_accepted(lm):
+    class HubGreedy:  # keras_hub.samplers.Sampler's interface, without keras-hub
+        def compute_probabilities(self, logits):
+            return ops.softmax(logits, axis=-1)
+
+        def get_next_token(self, probabilities):
+            return ops.argmax(probabilities, axis=-1)
+
+        def get_config(self):
+            return {}
+
+    prompts = [token_ids(1, 5, seed=3)[0], token_ids(1, 2, seed=4)[0]]
+    np.testing.assert_array_equal(lm.generate(prompts, MAX, sampler=HubGreedy())["token_ids"],
+                                  lm.generate(prompts, MAX)["token_ids"])
+
+
+def test_generate_compiles_once_and_compile_resets_it():
+    lm = make_lm()
+    lm.compile(sampler="greedy")
+    prompts = [token_ids(1, 3, seed=0)[0], token_ids(1, 7, seed=1)[0]]
+    lm.generate(prompts, max_length=3 * W)
+    traces = lm.generate_traces
+    lm.generate([token_ids(1, 6, seed=4)[0], token_ids(1, 2, seed=5)[0]], max_length=3 * W)
+    assert lm.generate_traces == traces  # other prompts, same shapes: no retrace
+    lm.compile(sampler=TopKSampler(k=3))
+    assert isinstance(lm.sampler, TopKSampler)
+    lm.generate(prompts, max_length=3 * W)
+    assert lm.generate_traces == traces + 1
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(inputs=[[1, 2, 3]], max_length=3), "Received: max_length=3"),
+        (dict(inputs=[[1, 2], []], max_length=8), "at least one token id"),
+        (dict(inputs=[[1, V]], max_length=8), f"vocabulary_size={V}). Received: [{V}]"),
+        (dict(inputs=[[1, 2]], max_length=8, sampler="beam"), "Received: sampler='beam'"),
+        (dict(inputs=["hello"], max_length=8), "String prompts need a tokenizer"),
+        (dict(inputs=[[1, 2]], max_length=8, stop_token_ids=[-1]), "stop_token_ids=[-1]"),
+        (dict(inputs=[[1.5, 2.0]], max_length=8), "must be integers"),
+    ],
+)
+def test_generate_rejects_bad_input(kwargs, message):
+    with pytest.raises(ValueError, match=__import__("re").escape(message)):
+        make_lm().generate(**kwargs)
+
+
+def test_sampler_arguments_are_checked():
+    for make, message in ((lambda: TopKSampler(k=0), "Received: k=0"),
+                          (lambda: TopPSampler(p=1.5), "Received: p=1.5"),
+                          (lambda: RandomSampler(temperature=0), "Received: temperature=0")):
+        with pytest.raises(ValueError, match=message):
+            make()
+    assert get_sampler("top_p").p == 0.9 and isinstance(get_sampler(GreedySampler()), GreedySampler)
+    assert keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(
+        TopKSampler(k=7, temperature=0.5))).get_config() == {"k": 7, "temperature": 0.5}
+
+
+def test_max_length_shorter_than_a_block(lm):
+    output = lm.generate([[1, 2], [3]], max_length=W - 1)
+    _assert_greedy_is_the_argmax(lm, [[1, 2], [3]], output)
