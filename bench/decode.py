@@ -7,9 +7,11 @@ for a long prompt against a short one, in one run.
 Decode speed: `generate()` on a one-block prompt, `--new-tokens` greedy tokens per row,
 timed after a first call that compiles (the same shapes, so no retrace), median of
 `--repeats`; tokens/s counts every row's new tokens. Memory: each prompt length runs in a
-fresh process (peak RSS on CPU, the device's peak bytes in use on a GPU), generating
-`--new-tokens` after the prompt; with a fixed-size cache the two should be about equal
-(only the int32 prompt buffer grows). Results go to bench/results/ as JSON.
+fresh process (the rise of peak RSS during the call on CPU, the device's peak bytes in
+use on a GPU), generating `--new-tokens` after the prompt; with a fixed-size cache the
+lengths should need about the same (only the int32 prompt buffer grows). For reference,
+the same prompts through one compiled `call_with_state` over the whole prompt, whose
+activations grow with the length. Results go to bench/results/ as JSON.
 """
 
 import argparse
@@ -64,15 +66,26 @@ def decode_speed(lm, batch, new_tokens, repeats):
             "ms_per_step": 1e3 * seconds / new_tokens}
 
 
-def peak_memory_probe(size, dtype, prompt_length, new_tokens):
-    """Runs in a fresh process: generate after a `prompt_length` prompt, report peak memory."""
+def peak_memory_probe(size, dtype, prompt_length, new_tokens, kind):
+    """Runs in a fresh process: peak memory of `generate` after a `prompt_length` prompt
+    (kind "generate"), or of one compiled `call_with_state` over the whole prompt (kind
+    "forward", the reference that grows with the length)."""
     lm = make_lm(size, dtype)
     ids = prompts(1, prompt_length, lm.backbone.vocabulary_size)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     start = time.perf_counter()
-    lm.generate(ids, max_length=prompt_length + new_tokens)
+    if kind == "generate":
+        lm.generate(ids, max_length=prompt_length + new_tokens)
+    else:
+        from keras_brt.models.compiling import compile_function
+
+        forward = compile_function(lm, lambda x: lm.call_with_state(x)[0][:, -1])
+        np.asarray(forward(ids))
     seconds = time.perf_counter() - start
-    result = {"prompt_length": prompt_length, "new_tokens": new_tokens, "seconds_with_compile": seconds,
-              "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    result = {"kind": kind, "prompt_length": prompt_length, "new_tokens": new_tokens,
+              "seconds_with_compile": seconds, "peak_rss_bytes": peak,
+              "rss_peak_increase_bytes": max(0, peak - before)}
     if keras.backend.backend() == "jax":
         import jax
 
@@ -91,10 +104,11 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--memory-prompts", default="1000,100000")
     parser.add_argument("--probe", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--probe-kind", default="generate", help=argparse.SUPPRESS)
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
     if args.probe is not None:
-        return peak_memory_probe(args.size, args.dtype, args.probe, args.new_tokens)
+        return peak_memory_probe(args.size, args.dtype, args.probe, args.new_tokens, args.probe_kind)
 
     lm = make_lm(args.size, args.dtype)
     speed = []
@@ -102,27 +116,34 @@ def main():
         speed.append(decode_speed(lm, batch, args.new_tokens, args.repeats))
         print(f"measured batch {batch}: {speed[-1]['tokens_per_second']:.0f} tokens/s", flush=True)
     memory = []
-    for length in (int(n) for n in args.memory_prompts.split(",")):
-        run = subprocess.run(
-            [sys.executable, os.path.abspath(__file__), "--size", args.size, "--dtype", args.dtype,
-             "--new-tokens", str(args.new_tokens), "--probe", str(length)],
-            capture_output=True, text=True, env={**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"},
-        )
-        if run.returncode:
-            raise SystemExit(run.stderr[-3000:])
-        memory.append(json.loads(run.stdout.split("PROBE ")[1]))
-        print(f"measured a {length}-token prompt", flush=True)
+    for kind in ("generate", "forward"):
+        for length in (int(n) for n in args.memory_prompts.split(",")):
+            run = subprocess.run(
+                [sys.executable, os.path.abspath(__file__), "--size", args.size, "--dtype", args.dtype,
+                 "--new-tokens", str(args.new_tokens), "--probe", str(length), "--probe-kind", kind],
+                capture_output=True, text=True,
+                env={**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"},
+            )
+            if run.returncode:
+                print(f"{kind} with a {length}-token prompt failed: {run.stderr[-1500:]}", flush=True)
+                memory.append({"kind": kind, "prompt_length": length, "failed": run.stderr[-1500:]})
+                continue
+            memory.append(json.loads(run.stdout.split("PROBE ")[1]))
+            print(f"measured {kind} with a {length}-token prompt", flush=True)
 
     print(f"\nbackend={keras.backend.backend()} dtype={args.dtype} size={args.size} greedy, "
           f"{args.new_tokens} new tokens after a {lm.backbone.block_size + 1}-token prompt")
     print(f"{'batch':>6}{'ms/step':>10}{'tokens/s':>12}")
     for r in speed:
         print(f"{r['batch']:>6}{r['ms_per_step']:>10.2f}{r['tokens_per_second']:>12.0f}")
-    key = "device_peak_bytes" if all("device_peak_bytes" in m for m in memory) else "peak_rss_bytes"
-    print(f"\n{'prompt':>8}{'peak MiB (' + key + ')':>34}{'÷ first':>9}{'s incl. compile':>17}")
+    ok = [m for m in memory if "failed" not in m]
+    key = "device_peak_bytes" if ok and all("device_peak_bytes" in m for m in ok) else "rss_peak_increase_bytes"
+    print(f"\n{'what':<10}{'prompt':>8}{'peak MiB (' + key + ')':>40}{'s incl. compile':>17}")
     for m in memory:
-        m["ratio_to_first"] = m[key] / memory[0][key]
-        print(f"{m['prompt_length']:>8}{m[key] / 2**20:>34.1f}{m['ratio_to_first']:>9.2f}"
+        if "failed" in m:
+            print(f"{m['kind']:<10}{m['prompt_length']:>8}{'failed (see JSON)':>40}")
+            continue
+        print(f"{m['kind']:<10}{m['prompt_length']:>8}{m[key] / 2**20:>40.1f}"
               f"{m['seconds_with_compile']:>17.1f}")
 
     output = args.output or os.path.join(

@@ -43,28 +43,6 @@ def test_rnn_composition_example_classifies_from_the_state():
     assert losses[-1] < 0.5 * np.log(8)  # well below the loss of guessing
 
 
-@tensorflow_pass_only
-def test_serve_rest_example_streams_through_step_like_the_whole_text(tmp_path):
-    import subprocess
-
-    text = "Block-Recurrent Transformers carry a state from block to block. " * 6
-    run = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "examples", "serve_rest.py"), "--export-tiny",
-         str(tmp_path / "brt"), "--text", text, "--blocks-per-request", "1", "--show-bodies"],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
-        env={**os.environ, "KERAS_BACKEND": "tensorflow", "PYTHONPATH": ROOT},
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    body = next(line for line in run.stdout.splitlines() if line.startswith("{"))
-    inputs = __import__("json").loads(body)["inputs"]
-    assert inputs["token_ids"][0][0] == 1 and len(inputs["token_ids"][0]) == 64  # BOS, one block
-    assert {"layer_2_state", "layer_0_keys", "layer_3_values"} <= set(inputs)
-    streamed, whole = map(float, re.search(r"step: ([\d.]+); score_text on the whole: ([\d.]+)",
-                                           run.stdout).groups())
-    assert os.path.isfile(tmp_path / "brt" / "1" / "saved_model.pb")
-    assert streamed == pytest.approx(whole, abs=1e-4)  # 6 requests == one pass over the text
-
-
 @pytest.mark.slow
 @tensorflow_pass_only
 def test_train_distributed_example_trains_and_the_chief_saves(tmp_path):

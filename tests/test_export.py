@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -164,3 +165,23 @@ def test_export_on_another_backend_says_which_backend_to_use(tmp_path):
 
     with pytest.raises(ValueError, match="KERAS_BACKEND=tensorflow"):
         export_saved_model(make_lm(), str(tmp_path))
+
+
+@tensorflow_backend_only
+def test_serve_rest_example_streams_through_step_like_the_whole_text(exported):
+    _, _, path, _, _, _ = exported
+    text = "Block-Recurrent Transformers carry a state from block to block. "
+    run = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "examples", "serve_rest.py"), "--model-dir", path,
+         "--text", text, "--blocks-per-request", "2", "--show-bodies"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, "PYTHONPATH": ""},
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    body = next(line for line in run.stdout.splitlines() if line.startswith("{"))
+    inputs = json.loads(body)["inputs"]
+    assert inputs["token_ids"][0][:3] == [1, ord("B") + 3, ord("l") + 3]  # BOS, then bytes + 3
+    assert len(inputs["token_ids"][0]) == 2 * W  # two blocks per request
+    assert {"layer_1_state", "layer_0_keys", "layer_2_values"} <= set(inputs)
+    streamed, whole = map(float, re.search(r"step: ([\d.]+); score_text on the whole: ([\d.]+)",
+                                           run.stdout).groups())
+    assert streamed == pytest.approx(whole, abs=1e-4)  # 9 requests == one pass over the text

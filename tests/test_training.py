@@ -126,10 +126,10 @@ def test_mixed_bfloat16_training_tracks_float32():
         assert keras.backend.standardize_dtype(logits.dtype) == "float32"  # float32 island
         lm.compile(optimizer=keras.optimizers.Adam(3e-3), jit_compile=True)
         record = StepLosses()
-        lm.fit(x, ids, batch_size=8, epochs=20, verbose=0, callbacks=[record])
+        lm.fit(x, ids, batch_size=8, epochs=12, verbose=0, callbacks=[record])
         histories[policy] = np.array(record.losses)
         assert all(v.dtype in ("float32", "int32") for v in lm.weights)
     full, mixed = histories["float32"], histories["mixed_bfloat16"]
     print(f"\nfloat32 loss {full[0]:.3f} -> {full[-1]:.3f}; mixed_bfloat16 {mixed[0]:.3f} -> {mixed[-1]:.3f}")
-    assert full[-1] < 0.8 * full[0]  # it learned something
+    assert full[-1] < 0.85 * full[0]  # it learned something
     np.testing.assert_allclose(mixed, full, rtol=0.05)
