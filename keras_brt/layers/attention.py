@@ -82,3 +82,19 @@ def write_position(cache, update, index):
     """`cache` `(B, W, H, K)` with position `index` replaced by `update` `(B, 1, H, K)`."""
     at = ops.arange(ops.shape(cache)[1]) == index  # (W,)
     return ops.where(at[None, :, None, None], ops.cast(update, cache.dtype), cache)
+
+
+def extend_window(prev_keys, prev_values, keys, values, key, value, index):
+    """One decoded token's view of its window.
+
+    Writes the token's `key`/`value` `(B, 1, H, K)` at `index` of the current
+    block's caches `keys`/`values` `(B, W, H, K)` and returns
+    `(keys, values, window_keys, window_values, mask)`: the updated caches, the
+    `(B, 2W, H, K)` window `[previous block ‖ current block]` and the `(1, 2W)`
+    mask row of a query at `index`.
+    """
+    keys = write_position(keys, key, index)  # (B, W, H, K)
+    values = write_position(values, value, index)  # (B, W, H, K)
+    window_keys = ops.concatenate([ops.cast(prev_keys, keys.dtype), keys], axis=1)  # (B, 2W, H, K)
+    window_values = ops.concatenate([ops.cast(prev_values, values.dtype), values], axis=1)
+    return keys, values, window_keys, window_values, window_mask_row(keys.shape[1], index)

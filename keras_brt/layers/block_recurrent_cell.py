@@ -30,13 +30,7 @@ import keras
 from keras import ops
 from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
 
-from keras_brt.layers.attention import (
-    attend,
-    l2_normalize,
-    window_mask,
-    window_mask_row,
-    write_position,
-)
+from keras_brt.layers.attention import attend, extend_window, l2_normalize, window_mask
 from keras_brt.layers.common import (
     FeedForward,
     check_choice,
@@ -372,12 +366,10 @@ class BlockRecurrentCell(DropoutRNNCell, keras.layers.Layer):
         x = self.token_norm(inputs)  # (B, 1, D)
         q_self, key, value, q_cross = split_heads(self.token_qkv_dense(x), 4, h, k)  # 4 × (B, 1, H, K)
         q_self, key, q_cross = l2_normalize(q_self), l2_normalize(key), l2_normalize(q_cross)
-        keys = write_position(keys, key, index)  # (B, W, H, K)
-        values = write_position(values, value, index)  # (B, W, H, K)
-        window_keys = ops.concatenate([ops.cast(prev_keys, keys.dtype), keys], axis=1)  # (B, 2W, H, K)
-        window_values = ops.concatenate([ops.cast(prev_values, values.dtype), values], axis=1)
+        keys, values, window_keys, window_values, mask = extend_window(
+            prev_keys, prev_values, keys, values, key, value, index
+        )  # 2 × (B, W, H, K), 2 × (B, 2W, H, K), (1, 2W)
         bias = self.relative_position(ops.reshape(index + w, (1,)), ops.arange(0, 2 * w))  # (H, 1, 2W)
-        mask = window_mask_row(w, index)  # (1, 2W)
         outputs = self._token_outputs(
             inputs, q_self, q_cross, window_keys, window_values, s_keys, s_values, bias, mask
         )  # (B, 1, D)

@@ -3,13 +3,7 @@
 import keras
 from keras import ops
 
-from keras_brt.layers.attention import (
-    attend,
-    l2_normalize,
-    window_mask,
-    window_mask_row,
-    write_position,
-)
+from keras_brt.layers.attention import attend, extend_window, l2_normalize, window_mask
 from keras_brt.layers.common import (
     FeedForward,
     check_positive_int,
@@ -203,31 +197,26 @@ class SlidingWindowTransformerLayer(keras.layers.Layer):
         return outputs + self.feed_forward(outputs, training=training)  # (B, T, D)
 
     def decode(self, inputs, index, prev_keys, prev_values, keys, values):
-        """Runs one token per row at position `index` of the current block.
+        """One token per row `(B, 1, D)` at block position `index` (a scalar),
+        reading the previous block's and the current block's cached keys/values
+        `(B, W, H, K)`; as `BlockRecurrentCell.decode`, without a state.
 
-        Args:
-            inputs: `(B, 1, D)`.
-            index: int scalar, the position inside the block (same for every row).
-            prev_keys, prev_values: `(B, W, H, K)` the previous block's.
-            keys, values: `(B, W, H, K)` the current block's so far (positions
-                at and after `index` are never read).
-
-        Returns:
-            `(outputs (B, 1, D), keys, values)` with this token's key and value
-            written at `index`. Equal to the block call's output at that position.
+        Returns `(outputs (B, 1, D), keys, values)`, the token's key and value
+        written at `index`; equal to the block call's output at that position.
         """
         w, h, k = self.block_size, self.num_heads, self.head_dim
         q, key, value = split_heads(self.qkv_dense(self.norm(inputs)), 3, h, k)  # 3 × (B, 1, H, K)
         q, key = l2_normalize(q), l2_normalize(key)
-        keys = write_position(keys, key, index)  # (B, W, H, K)
-        values = write_position(values, value, index)  # (B, W, H, K)
+        keys, values, window_keys, window_values, mask = extend_window(
+            prev_keys, prev_values, keys, values, key, value, index
+        )  # 2 × (B, W, H, K), 2 × (B, 2W, H, K), (1, 2W)
         attended = attend(
             q,
-            ops.concatenate([ops.cast(prev_keys, keys.dtype), keys], axis=1),  # (B, 2W, H, K)
-            ops.concatenate([ops.cast(prev_values, values.dtype), values], axis=1),
+            window_keys,
+            window_values,
             self.attention_scale,
             bias=self.relative_position(ops.reshape(index + w, (1,)), ops.arange(0, 2 * w)),
-            mask=window_mask_row(w, index),  # (1, 2W)
+            mask=mask,
         )  # (B, 1, H, K)
         attended = ops.reshape(attended, (ops.shape(inputs)[0], 1, h * k))  # (B, 1, H*K)
         return self._residual(inputs, attended), keys, values
