@@ -8,6 +8,10 @@ several steps is reported, and every variant is measured in the same process.
     KERAS_BACKEND=tensorflow python bench/speed.py --size cpu
     KERAS_BACKEND=jax python bench/speed.py --size paper --dtype mixed_bfloat16   # on a GPU
 
+`Rec/cell-loop` is Rec:fixed:skip with the whole cell inside the loop over blocks
+(`BlockRecurrentRNN(parallel_token_path=False)`), to measure what running the
+state-independent token work over all blocks at once buys.
+
 Sizes: `cpu` (4 layers, D=128, W=64), `bytes` (the byte-level small configuration:
 6 layers, D=512, 8x64 heads, W=512, S=512, recurrent layer 4, T=2048, batch 16) and
 `paper` (12 layers, D=1024, 8x128, MLP 4096, V=32128, W=512, S=512, T=4096, recurrent
@@ -47,6 +51,7 @@ def variants(size):
     tokens = t * b
     out = [
         ("Rec:fixed:skip", dict(recurrent_layers=(s["recurrent_index"],)), t, b),
+        ("Rec/cell-loop", dict(recurrent_layers=(s["recurrent_index"],), parallel_token_path=False), t, b),
         (f"Slide:{layers}", dict(recurrent_layers=()), t, b),
         (f"Slide:{layers + 1}", dict(recurrent_layers=(), num_layers=layers + 1), t, b),
     ]
@@ -70,28 +75,79 @@ def model_flops_per_token(backbone, segment_length):
 def measure(size, label, overrides, segment_length, batch, steps, warmup, dtype):
     config = {k: v for k, v in SIZES[size].items()
               if k not in ("recurrent_index", "segment_length", "batch_size")}
+    overrides = dict(overrides)
+    parallel = overrides.pop("parallel_token_path", True)
     backbone = keras_brt.models.BlockRecurrentTransformerBackbone(**{**config, **overrides}, dtype=dtype)
     lm = keras_brt.models.BlockRecurrentTransformerCausalLM(backbone)
+    backbone.build()
+    for layer in backbone.transformer_layers:
+        if hasattr(layer, "parallel_token_path"):
+            layer.parallel_token_path = parallel  # False: the whole cell inside the block loop
     lm.compile(optimizer=keras.optimizers.AdamW(1e-4), jit_compile=True)
     rng = np.random.default_rng(0)
     ids = rng.integers(0, config["vocabulary_size"], (batch, segment_length)).astype("int32")
     x = {"token_ids": ids, "start_of_sequence": np.zeros((batch,), bool)}
-    lm.build({"token_ids": ids.shape})
-    for _ in range(warmup):
-        lm.train_on_batch(x, ids)  # compiles; returns host values, so it synchronises
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        lm.train_on_batch(x, ids)
-        times.append(time.perf_counter() - start)
-    step = statistics.median(times)
     tokens = batch * segment_length
-    flops = model_flops_per_token(backbone, segment_length) * tokens
-    return {
-        "model": label, "segment_length": segment_length, "batch": batch, "tokens_per_step": tokens,
-        "step_seconds": step, "step_seconds_all": times, "tokens_per_second": tokens / step,
-        "model_flops_per_step": flops, "parameters": backbone.count_params(),
-    }
+    row = {"model": label, "segment_length": segment_length, "batch": batch, "tokens_per_step": tokens}
+    try:
+        lm.build({"token_ids": ids.shape})
+        row["parameters"] = backbone.count_params()
+        row["model_flops_per_step"] = model_flops_per_token(backbone, segment_length) * tokens
+        losses = [float(lm.train_on_batch(x, ids, return_dict=True)["loss"]) for _ in range(warmup)]  # compiles; synchronises
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            losses.append(float(lm.train_on_batch(x, ids, return_dict=True)["loss"]))
+            times.append(time.perf_counter() - start)
+    except Exception as error:  # e.g. out of device memory: reported, never timed.
+        return {**row, "error": f"{type(error).__name__}: {str(error)[:300]}"}
+    if not np.all(np.isfinite(losses)):
+        return {**row, "error": f"non-finite loss {losses}"}
+    step = statistics.median(times)
+    return {**row, "step_seconds": step, "step_seconds_all": times, "tokens_per_second": tokens / step,
+            "losses": losses}
+
+
+def growth(size, dtype, chunk, totals, batch):
+    """Inference time per token and memory over `totals` tokens per lane, in `chunk`-token
+    calls that carry the state (Rec:fixed:skip). Each total runs in the same compiled call."""
+    s = SIZES[size]
+    config = {k: v for k, v in s.items() if k not in ("recurrent_index", "segment_length", "batch_size")}
+    backbone = keras_brt.models.BlockRecurrentTransformerBackbone(
+        **config, recurrent_layers=(s["recurrent_index"],), dtype=dtype)
+    lm = keras_brt.models.BlockRecurrentTransformerCausalLM(backbone)
+    lm.build()
+    from keras_brt.models.compiling import compile_function
+
+    forward = compile_function(lm, lambda ids, state: lm.call_with_state(ids, state))
+    ids = np.random.default_rng(0).integers(0, config["vocabulary_size"], (batch, chunk)).astype("int32")
+    state = lm.initial_state(batch)
+    for _ in range(2):  # compile and warm up
+        logits, state = forward(ids, state)
+        np.asarray(logits[:, -1])
+    rows = []
+    for total in totals:
+        state = lm.initial_state(batch)
+        start = time.perf_counter()
+        for _ in range(total // chunk):
+            logits, state = forward(ids, state)
+        np.asarray(logits[:, -1])  # synchronise
+        seconds = time.perf_counter() - start
+        row = {"tokens_per_lane": total, "batch": batch, "chunk": chunk, "seconds": seconds,
+               "microseconds_per_token": 1e6 * seconds / (total * batch)}
+        memory = _device_peak_bytes()
+        if memory is not None:
+            row["device_peak_bytes"] = memory
+        rows.append(row)
+    return rows
+
+
+def _device_peak_bytes():
+    if keras.backend.backend() != "jax":
+        return None
+    import jax
+
+    return (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
 
 
 def main():
@@ -103,6 +159,8 @@ def main():
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="device peak for MFU (989 for an H100 in bf16)")
     parser.add_argument("--only", default=None, help="comma-separated model labels")
+    parser.add_argument("--growth", default="4096,16384,65536",
+                        help="tokens per lane for the cost-growth table ('' to skip)")
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
 
@@ -111,24 +169,33 @@ def main():
         if args.only and label not in args.only.split(","):
             continue
         rows.append(measure(args.size, label, overrides, t, b, args.steps, args.warmup, args.dtype))
-        print(f"measured {label}: {rows[-1]['step_seconds'] * 1e3:.1f} ms/step", flush=True)
+        done = rows[-1]
+        print(f"measured {label}: " + (f"{done['step_seconds'] * 1e3:.1f} ms/step" if "error" not in done
+                                         else f"FAILED ({done['error'][:120]})"), flush=True)
 
-    reference = next((r for r in rows if r["model"] == f"Slide:{SIZES[args.size]['num_layers'] + 1}"), rows[0])
+    valid = [r for r in rows if "error" not in r]
+    reference = next((r for r in valid if r["model"] == f"Slide:{SIZES[args.size]['num_layers'] + 1}"),
+                     valid[0] if valid else None)
     print(f"\nbackend={keras.backend.backend()} dtype={args.dtype} size={args.size} jit_compile=True "
           f"median of {args.steps} steps after {args.warmup} warm-up")
-    header = f"{'model':<16}{'T':>6}{'B':>5}{'ms/step':>10}{'tokens/s':>12}{'÷ ' + reference['model']:>14}"
+    header = f"{'model':<16}{'T':>6}{'B':>5}{'ms/step':>10}{'tokens/s':>12}"
+    header += f"{'÷ ' + reference['model']:>18}" if reference else ""
     if args.peak_tflops:
         header += f"{'MFU':>8}"
     print(header)
     for r in rows:
+        line = f"{r['model']:<16}{r['segment_length']:>6}{r['batch']:>5}"
+        if "error" in r:
+            print(line + f"  failed: {r['error'][:60]}")
+            continue
         r["ratio_to_reference"] = r["step_seconds"] / reference["step_seconds"]
-        line = (f"{r['model']:<16}{r['segment_length']:>6}{r['batch']:>5}{r['step_seconds'] * 1e3:>10.1f}"
-                f"{r['tokens_per_second']:>12.0f}{r['ratio_to_reference']:>14.2f}")
+        line += (f"{r['step_seconds'] * 1e3:>10.1f}{r['tokens_per_second']:>12.0f}"
+                 f"{r['ratio_to_reference']:>18.2f}")
         if args.peak_tflops:
             r["mfu"] = r["model_flops_per_step"] / r["step_seconds"] / (args.peak_tflops * 1e12)
             line += f"{r['mfu']:>8.1%}"
         print(line)
-    by_name = {r["model"]: r for r in rows}
+    by_name = {r["model"]: r for r in valid}
     layers = SIZES[args.size]["num_layers"]
     checks = {}
     if "Rec:fixed:skip" in by_name and f"Slide:{layers}" in by_name:
@@ -138,6 +205,22 @@ def main():
     if "Rec:fixed:skip" in by_name and w4 in by_name:
         checks["xl4w_over_rec"] = by_name[w4]["step_seconds"] / by_name["Rec:fixed:skip"]["step_seconds"]
         print(f"{w4} ÷ Rec = {checks['xl4w_over_rec']:.2f} (paper XL:2048 ÷ Rec 2.13, target ≥ 2.0)")
+
+    growth_rows = []
+    if args.growth:
+        chunk = SIZES[args.size]["segment_length"]
+        totals = [int(t) for t in args.growth.split(",")]
+        growth_rows = growth(args.size, args.dtype, chunk, totals, batch=1)
+        print(f"\ncost growth, Rec:fixed:skip inference, batch 1, calls of {chunk} tokens carrying the state")
+        print(f"{'tokens/lane':>12}{'µs/token':>10}{'÷ first':>9}" + ("{:>14}".format("peak MiB")
+                                                                 if "device_peak_bytes" in growth_rows[0] else ""))
+        for g in growth_rows:
+            g["ratio_to_first"] = g["microseconds_per_token"] / growth_rows[0]["microseconds_per_token"]
+            line = f"{g['tokens_per_lane']:>12}{g['microseconds_per_token']:>10.1f}{g['ratio_to_first']:>9.2f}"
+            if "device_peak_bytes" in g:
+                line += f"{g['device_peak_bytes'] / 2**20:>14.0f}"
+            print(line)
+        checks["growth_64k_over_4k"] = growth_rows[-1]["ratio_to_first"]
 
     output = args.output or os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "results",
@@ -151,7 +234,7 @@ def main():
             "devices": [str(d) for d in _devices()], "backend": keras.backend.backend(),
             "keras": keras.__version__, "dtype_policy": args.dtype, "size": args.size,
             "config": SIZES[args.size], "jit_compile": True, "steps": args.steps,
-            "warmup": args.warmup, "rows": rows, "checks": checks,
+            "warmup": args.warmup, "rows": rows, "growth": growth_rows, "checks": checks,
         }, f, indent=2)
     print(f"wrote {output}")
 

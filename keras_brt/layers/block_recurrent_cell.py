@@ -259,7 +259,6 @@ class BlockRecurrentCell(DropoutRNNCell, keras.layers.Layer):
     def call(self, inputs, states, training=False):
         state, prev_keys, prev_values = states[:3]
         h, k, w = self.num_heads, self.head_dim, self.block_size
-        batch = ops.shape(inputs)[0]
         masks = None
         if training and self.dropout > 0:
             # Masks drawn by the RNN before its loop, or here for a direct call.

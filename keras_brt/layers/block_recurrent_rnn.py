@@ -2,8 +2,11 @@
 
 import keras
 from keras import ops
+from keras.src import backend
 
+from keras_brt.layers.attention import attend, l2_normalize
 from keras_brt.layers.block_recurrent_cell import BlockRecurrentCell
+from keras_brt.layers.common import split_heads
 
 
 @keras.saving.register_keras_serializable(package="keras_brt")
@@ -24,12 +27,23 @@ class BlockRecurrentRNN(keras.layers.RNN):
     (`initial_state=` in, `return_state=True` out) as
     `BlockRecurrentTransformerCausalLM` does.
 
+    With `parallel_token_path=True` (the default) only what depends on the
+    state runs in the loop over blocks, as in the paper's official code: the
+    token projections, the tokens' sliding-window attention, the output
+    projection and the MLP run over all blocks at once, and each loop step
+    computes the state's projections, the tokens' attention to the state and
+    the state update. The result is the cell's, block by block (the tests hold
+    both routes to the same numbers); `False` runs the whole cell per block
+    through `keras.layers.RNN`.
+
     Args:
         cell: a `BlockRecurrentCell`.
         return_sequences: bool. Return all `(B, T, D)` outputs (default True)
             or only the last block `(B, W, D)`.
         return_state: bool. Also return the final states.
         unroll: bool. Unroll the loop over blocks (needs a static T).
+        parallel_token_path: bool. Run the state-independent token work over
+            all blocks at once (used with `return_sequences=True`).
         **kwargs: other `keras.layers.RNN` arguments (`go_backwards` is not
             meaningful for a causal model and is refused).
 
@@ -51,7 +65,8 @@ class BlockRecurrentRNN(keras.layers.RNN):
     ```
     """
 
-    def __init__(self, cell, return_sequences=True, return_state=False, unroll=False, **kwargs):
+    def __init__(self, cell, return_sequences=True, return_state=False, unroll=False,
+                 parallel_token_path=True, **kwargs):
         if not isinstance(cell, BlockRecurrentCell):
             raise ValueError(
                 f"`cell` must be a keras_brt.layers.BlockRecurrentCell. Received: cell={cell!r}"
@@ -69,6 +84,7 @@ class BlockRecurrentRNN(keras.layers.RNN):
             **kwargs,
         )
         self.supports_masking = False
+        self.parallel_token_path = parallel_token_path
 
     def _blocks_shape(self, sequences_shape):
         batch, length, dim = sequences_shape
@@ -98,6 +114,9 @@ class BlockRecurrentRNN(keras.layers.RNN):
                 f"backbone instead. Received: mask with shape {mask.shape}"
             )
         self._blocks_shape(tuple(sequences.shape))  # Validates the length.
+        if self.parallel_token_path and self.return_sequences:
+            outputs, *states = self._parallel_token_path(sequences, initial_state, training)
+            return (outputs, *states) if self.return_state else outputs
         w, dim = self.cell.block_size, sequences.shape[-1]
         blocks = ops.reshape(sequences, (ops.shape(sequences)[0], -1, w, dim))  # (B, N, W, D)
         results = super().call(blocks, initial_state=initial_state, training=training)
@@ -105,6 +124,81 @@ class BlockRecurrentRNN(keras.layers.RNN):
         if self.return_sequences:
             outputs = ops.reshape(outputs, (ops.shape(sequences)[0], -1, dim))  # (B, T, D)
         return (outputs, *states) if self.return_state else outputs
+
+    def _parallel_token_path(self, sequences, initial_state, training):
+        """The cell over all blocks, with only the state-dependent work in the loop."""
+        cell = self.cell
+        h, k, w = cell.num_heads, cell.head_dim, cell.block_size
+        batch, dim = ops.shape(sequences)[0], sequences.shape[-1]
+        if initial_state is None:
+            initial_state = cell.get_initial_state(batch)
+        state, prev_keys, prev_values = initial_state[:3]
+        blocks = ops.reshape(sequences, (batch, -1, w, dim))  # (B, N, W, D)
+        masks = None
+        if training and cell.dropout > 0:  # One set of token-path masks, shared by every block.
+            masks = cell._draw_dropout_masks(blocks[:, 0])
+
+        x = cell.token_norm(sequences)  # (B, T, D)
+        if masks is not None:
+            x = ops.reshape(ops.reshape(x, ops.shape(blocks)) * masks[0][:, None], ops.shape(x))
+        q_self, keys, values, q_cross = split_heads(cell.token_qkv_dense(x), 4, h, k)  # 4 × (B, T, H, K)
+        q_self, keys, q_cross = l2_normalize(q_self), l2_normalize(keys), l2_normalize(q_cross)
+        by_block = lambda t: ops.reshape(t, (batch, -1, w, h, k))  # (B, N, W, H, K)
+        keys, values, q_cross = by_block(keys), by_block(values), by_block(q_cross)
+        # Block n reads [block n-1 ‖ block n]; block 0 reads the carried cache.
+        window_keys = ops.concatenate([
+            ops.concatenate([ops.cast(prev_keys, keys.dtype)[:, None], keys[:, :-1]], axis=1), keys,
+        ], axis=2)  # (B, N, 2W, H, K)
+        window_values = ops.concatenate([
+            ops.concatenate([ops.cast(prev_values, values.dtype)[:, None], values[:, :-1]], axis=1),
+            values,
+        ], axis=2)  # (B, N, 2W, H, K)
+        token_self = attend(
+            ops.reshape(q_self, (-1, w, h, k)),  # (B*N, W, H, K)
+            ops.reshape(window_keys, (-1, 2 * w, h, k)),  # (B*N, 2W, H, K)
+            ops.reshape(window_values, (-1, 2 * w, h, k)),
+            cell.token_self_scale,
+            bias=cell.relative_position(ops.arange(w, 2 * w), ops.arange(0, 2 * w)),  # (H, W, 2W)
+            mask=ops.convert_to_tensor(cell._window_mask),
+            dropout_mask=None if masks is None else masks[2],
+        )  # (B*N, W, H, K)
+
+        def step(block, states):
+            (state,) = states  # (B, S, D)
+            q_cross_n = block[:, :w]  # (B, W, H, K)
+            window_keys_n, window_values_n = block[:, w:3 * w], block[:, 3 * w:]  # 2 × (B, 2W, H, K)
+            s_q_self, s_keys, s_values, s_q_cross = cell._state_projections(state)  # 4 × (B, S, H, K)
+            token_cross = attend(q_cross_n, s_keys, s_values, cell.token_cross_scale)  # (B, W, H, K)
+            new_state = cell._advance(
+                state, s_q_self, s_keys, s_values, s_q_cross, window_keys_n, window_values_n
+            )  # (B, S, D)
+            return token_cross, [ops.cast(new_state, state.dtype)]
+
+        # The loop keras.layers.RNN runs (lax.scan on JAX; an XLA-ready while loop on TF).
+        # One tensor per block (the RNN loop wants a single input with a known rank).
+        packed = ops.concatenate(
+            [q_cross, ops.cast(window_keys, q_cross.dtype), ops.cast(window_values, q_cross.dtype)],
+            axis=2,
+        )  # (B, N, 5W, H, K)
+        _, token_cross, (state,) = backend.rnn(
+            step, packed, [state],
+            unroll=self.unroll,
+            input_length=None if sequences.shape[1] is None else sequences.shape[1] // w,
+        )  # (B, N, W, H, K), (B, S, D)
+        token_heads = ops.concatenate([
+            ops.reshape(token_self, (batch, -1, h, k)),  # (B, T, H, K)
+            ops.reshape(token_cross, (batch, -1, h, k)),  # (B, T, H, K)
+        ], axis=2)  # (B, T, 2H, K)
+        outputs = sequences + cell.token_output_dense(
+            ops.reshape(token_heads, (batch, -1, 2 * h * k))
+        )  # (B, T, D)
+        mlp_mask = None
+        if masks is not None:
+            mlp_mask = ops.reshape(
+                ops.broadcast_to(masks[1][:, None], ops.shape(blocks)), ops.shape(sequences)
+            )  # (B, T, D): the block mask tiled over blocks
+        outputs = outputs + cell.feed_forward(outputs, training=training, dropout_mask=mlp_mask)
+        return outputs, state, keys[:, -1], values[:, -1]
 
     def compute_output_shape(self, sequences_shape, initial_state_shape=None):
         batch, _, dim = sequences_shape
@@ -125,4 +219,5 @@ class BlockRecurrentRNN(keras.layers.RNN):
         config = super().get_config()
         for key in ("stateful", "go_backwards", "zero_output_for_mask"):
             config.pop(key, None)
+        config["parallel_token_path"] = self.parallel_token_path
         return config

@@ -1,7 +1,6 @@
 """Document sources, tokenizers and lane streaming."""
 
 import json
-import os
 
 import numpy as np
 import pytest

@@ -192,3 +192,34 @@ def test_bad_arguments():
         BlockRecurrentRNN(BlockRecurrentCell(**CONFIG), stateful=True)
     with pytest.raises(ValueError, match="BlockRecurrentCell"):
         BlockRecurrentRNN(keras.layers.LSTMCell(4))
+
+
+@pytest.mark.parametrize("gate,state_mlp,dropout", [("fixed", "skip", 0.0), ("lstm", "dual", 0.3)])
+def test_parallel_token_path_equals_the_cell_in_the_loop(gate, state_mlp, dropout):
+    """The default route (state-independent token work over all blocks at once) gives the
+    cell's outputs, states and gradients, with the same dropout masks in training."""
+    cell = BlockRecurrentCell(**CONFIG, gate=gate, state_mlp=state_mlp, dropout=dropout)
+    fast = BlockRecurrentRNN(cell, return_state=True)
+    loop = BlockRecurrentRNN(cell, return_state=True, parallel_token_path=False)
+    x = _blocks().reshape(B, N * W, D)
+    initial = _states(cell)
+    for training in (False, True):
+        seeds = cell.seed_generator
+        seed = None if seeds is None else np.asarray(seeds.state.value)
+        a = fast(x, initial_state=initial, training=training)
+        if seeds is not None:
+            seeds.state.assign(seed)  # the same masks for the second route
+        b = loop(x, initial_state=initial, training=training)
+        for got, expected in zip(a, b):
+            np.testing.assert_allclose(got, expected, atol=2e-5)
+    assert loop.get_config()["parallel_token_path"] is False
+    if keras.backend.backend() == "jax":  # gradients through both loops
+        import jax
+
+        def loss(values, layer):
+            with keras.StatelessScope(state_mapping=list(zip(cell.trainable_variables, values))):
+                return ops.sum(ops.square(layer(x, initial_state=initial)[0]))
+
+        values = [v.value for v in cell.trainable_variables]
+        for g, h in zip(jax.grad(loss)(values, fast), jax.grad(loss)(values, loop)):
+            np.testing.assert_allclose(g, h, rtol=1e-4, atol=1e-5)

@@ -1,6 +1,5 @@
 """RelativePositionBias, gates, FeedForward and the attention helpers."""
 
-import keras
 import numpy as np
 import pytest
 from keras import ops

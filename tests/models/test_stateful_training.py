@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from tests.models.common import V, W, make_lm, numpy_state, token_ids
+from tests.models.common import W, make_lm, numpy_state, token_ids
 
 
 def _segment(ids, sos):
