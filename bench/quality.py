@@ -25,19 +25,11 @@ import keras_brt
 from keras_brt import cli
 from keras_brt.data import ByteTokenizer, lane_dataset
 from keras_brt.training import BitsPerToken, make_optimizer
+from tests.models.common import StepLosses  # the suite's per-step loss recorder
 
 # (label, preset, segment length): equal tokens per step (XL trains on window-long segments).
 MODELS = (("Rec:fixed:skip", "tiny_rec_fixed_skip", 512), ("Slide:4", "tiny_slide", 512),
           ("XL:64", "tiny_xl", 64))
-
-
-class StepLosses(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.losses = []
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.losses.append(float(logs["loss"]))
 
 
 def train(preset, segment_length, batch, steps, train_source, tokenizer):
