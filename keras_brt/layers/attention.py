@@ -72,6 +72,18 @@ def attend(query, key, value, scale, bias=None, mask=None, dropout_mask=None):
     return ops.einsum("bhqs,bshk->bqhk", probs, value)  # (B, Q, H, K)
 
 
+def join_window(previous, current):
+    """The window `[previous block ‖ current block]`: 2 × `(B, W, H, K)` → `(B, 2W, H, K)`."""
+    return ops.concatenate([ops.cast(previous, current.dtype), current], axis=1)
+
+
+def block_windows(previous, blocks):
+    """Every block's window at once: block n reads `[block n-1 ‖ block n]`, block 0
+    reads the carried `previous` `(B, W, H, K)`. `(B, N, W, H, K)` → `(B, N, 2W, H, K)`."""
+    before = ops.concatenate([ops.cast(previous, blocks.dtype)[:, None], blocks[:, :-1]], axis=1)
+    return ops.concatenate([before, blocks], axis=2)
+
+
 def window_mask_row(block_size, index):
     """Row `index` of `window_mask(block_size)` for a traced scalar index: `(1, 2W)`."""
     key = ops.arange(2 * block_size)[None, :]  # (1, 2W)
@@ -95,6 +107,5 @@ def extend_window(prev_keys, prev_values, keys, values, key, value, index):
     """
     keys = write_position(keys, key, index)  # (B, W, H, K)
     values = write_position(values, value, index)  # (B, W, H, K)
-    window_keys = ops.concatenate([ops.cast(prev_keys, keys.dtype), keys], axis=1)  # (B, 2W, H, K)
-    window_values = ops.concatenate([ops.cast(prev_values, values.dtype), values], axis=1)
+    window_keys, window_values = join_window(prev_keys, keys), join_window(prev_values, values)
     return keys, values, window_keys, window_values, window_mask_row(keys.shape[1], index)

@@ -30,7 +30,13 @@ import keras
 from keras import ops
 from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
 
-from keras_brt.layers.attention import attend, extend_window, l2_normalize, window_mask
+from keras_brt.layers.attention import (
+    attend,
+    extend_window,
+    join_window,
+    l2_normalize,
+    window_mask,
+)
 from keras_brt.layers.common import (
     FeedForward,
     check_choice,
@@ -273,10 +279,8 @@ class BlockRecurrentCell(DropoutRNNCell, keras.layers.Layer):
             self.token_qkv_dense(x), 4, h, k
         )  # 4 × (B, W, H, K)
         q_self, keys, q_cross = l2_normalize(q_self), l2_normalize(keys), l2_normalize(q_cross)
-        window_keys = ops.concatenate([ops.cast(prev_keys, keys.dtype), keys], axis=1)  # (B, 2W, H, K)
-        window_values = ops.concatenate(
-            [ops.cast(prev_values, values.dtype), values], axis=1
-        )  # (B, 2W, H, K)
+        window_keys = join_window(prev_keys, keys)  # (B, 2W, H, K)
+        window_values = join_window(prev_values, values)  # (B, 2W, H, K)
 
         s_q_self, s_keys, s_values, s_q_cross = self._state_projections(state)  # 4 × (B, S, H, K)
 
@@ -377,8 +381,8 @@ class BlockRecurrentCell(DropoutRNNCell, keras.layers.Layer):
     def advance_state(self, state, prev_keys, prev_values, keys, values):
         """The state after a whole block whose keys/values are `keys`, `values`."""
         s_q_self, s_keys, s_values, s_q_cross = self._state_projections(state)
-        window_keys = ops.concatenate([ops.cast(prev_keys, keys.dtype), keys], axis=1)  # (B, 2W, H, K)
-        window_values = ops.concatenate([ops.cast(prev_values, values.dtype), values], axis=1)
+        window_keys = join_window(prev_keys, keys)  # (B, 2W, H, K)
+        window_values = join_window(prev_values, values)  # (B, 2W, H, K)
         return self._advance(state, s_q_self, s_keys, s_values, s_q_cross, window_keys, window_values)
 
     def _update_state(self, state, state_heads):

@@ -4,7 +4,7 @@ import keras
 from keras import ops
 from keras.src import backend
 
-from keras_brt.layers.attention import attend, l2_normalize
+from keras_brt.layers.attention import attend, block_windows, l2_normalize
 from keras_brt.layers.block_recurrent_cell import BlockRecurrentCell
 from keras_brt.layers.common import split_heads
 
@@ -145,14 +145,8 @@ class BlockRecurrentRNN(keras.layers.RNN):
         q_self, keys, q_cross = l2_normalize(q_self), l2_normalize(keys), l2_normalize(q_cross)
         by_block = lambda t: ops.reshape(t, (batch, -1, w, h, k))  # (B, N, W, H, K)
         keys, values, q_cross = by_block(keys), by_block(values), by_block(q_cross)
-        # Block n reads [block n-1 ‖ block n]; block 0 reads the carried cache.
-        window_keys = ops.concatenate([
-            ops.concatenate([ops.cast(prev_keys, keys.dtype)[:, None], keys[:, :-1]], axis=1), keys,
-        ], axis=2)  # (B, N, 2W, H, K)
-        window_values = ops.concatenate([
-            ops.concatenate([ops.cast(prev_values, values.dtype)[:, None], values[:, :-1]], axis=1),
-            values,
-        ], axis=2)  # (B, N, 2W, H, K)
+        window_keys = block_windows(prev_keys, keys)  # (B, N, 2W, H, K)
+        window_values = block_windows(prev_values, values)  # (B, N, 2W, H, K)
         token_self = attend(
             ops.reshape(q_self, (-1, w, h, k)),  # (B*N, W, H, K)
             ops.reshape(window_keys, (-1, 2 * w, h, k)),  # (B*N, 2W, H, K)

@@ -3,7 +3,13 @@
 import keras
 from keras import ops
 
-from keras_brt.layers.attention import attend, extend_window, l2_normalize, window_mask
+from keras_brt.layers.attention import (
+    attend,
+    block_windows,
+    extend_window,
+    l2_normalize,
+    window_mask,
+)
 from keras_brt.layers.common import (
     FeedForward,
     check_positive_int,
@@ -168,18 +174,8 @@ class SlidingWindowTransformerLayer(keras.layers.Layer):
         keys = ops.reshape(keys, (batch, num_blocks, w, h, k))  # (B, N, W, H, K)
         values = ops.reshape(values, (batch, num_blocks, w, h, k))  # (B, N, W, H, K)
         # Block n reads [block n-1 ‖ block n]; block 0 reads the carried cache.
-        prev_k = ops.concatenate(
-            [ops.cast(prev_keys, keys.dtype)[:, None], keys[:, :-1]], axis=1
-        )  # (B, N, W, H, K)
-        prev_v = ops.concatenate(
-            [ops.cast(prev_values, values.dtype)[:, None], values[:, :-1]], axis=1
-        )  # (B, N, W, H, K)
-        window_k = ops.reshape(
-            ops.concatenate([prev_k, keys], axis=2), (-1, 2 * w, h, k)
-        )  # (B*N, 2W, H, K)
-        window_v = ops.reshape(
-            ops.concatenate([prev_v, values], axis=2), (-1, 2 * w, h, k)
-        )  # (B*N, 2W, H, K)
+        window_k = ops.reshape(block_windows(prev_keys, keys), (-1, 2 * w, h, k))  # (B*N, 2W, H, K)
+        window_v = ops.reshape(block_windows(prev_values, values), (-1, 2 * w, h, k))  # (B*N, 2W, H, K)
         attended = attend(
             ops.reshape(q, (-1, w, h, k)),  # (B*N, W, H, K)
             window_k,
