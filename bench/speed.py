@@ -161,8 +161,12 @@ def main():
     parser.add_argument("--only", default=None, help="comma-separated model labels")
     parser.add_argument("--growth", default="4096,16384,65536",
                         help="tokens per lane for the cost-growth table ('' to skip)")
+    parser.add_argument("--attention", choices=("fused", "reference"), default="fused",
+                        help="reference: keras.config.disable_flash_attention() (float32 logits written out)")
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
+    if args.attention == "reference":
+        keras.config.disable_flash_attention()
 
     rows = []
     for label, overrides, t, b in variants(args.size):
@@ -177,6 +181,7 @@ def main():
     reference = next((r for r in valid if r["model"] == f"Slide:{SIZES[args.size]['num_layers'] + 1}"),
                      valid[0] if valid else None)
     print(f"\nbackend={keras.backend.backend()} dtype={args.dtype} size={args.size} jit_compile=True "
+          f"attention={args.attention} "
           f"median of {args.steps} steps after {args.warmup} warm-up")
     header = f"{'model':<16}{'T':>6}{'B':>5}{'ms/step':>10}{'tokens/s':>12}"
     header += f"{'÷ ' + reference['model']:>18}" if reference else ""
@@ -233,7 +238,7 @@ def main():
             "machine": platform.node(), "processor": platform.processor() or platform.machine(),
             "devices": [str(d) for d in _devices()], "backend": keras.backend.backend(),
             "keras": keras.__version__, "dtype_policy": args.dtype, "size": args.size,
-            "config": SIZES[args.size], "jit_compile": True, "steps": args.steps,
+            "config": SIZES[args.size], "attention": args.attention, "jit_compile": True, "steps": args.steps,
             "warmup": args.warmup, "rows": rows, "growth": growth_rows, "checks": checks,
         }, f, indent=2)
     print(f"wrote {output}")

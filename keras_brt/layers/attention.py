@@ -7,6 +7,7 @@ queries and keys are L2-normalised per head and the logits are
 `|scale_h| * (q̂ · k̂ + bias)` with a learned per-head `scale_h` (no 1/√K).
 """
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -44,6 +45,14 @@ def window_mask(block_size):
 def attend(query, key, value, scale, bias=None, mask=None, dropout_mask=None):
     """Multi-head attention over already projected, normalised heads.
 
+    Without a dropout mask this runs `keras.ops.dot_product_attention` (cuDNN's
+    fused flash attention on a GPU under the JAX backend: no `(B, H, Q, S)`
+    logits are kept in memory), with the per-head scale folded into the queries
+    and the position bias and mask folded into one `(1, H, Q, S)` bias. With a
+    dropout mask, or after `keras.config.disable_flash_attention()`, it runs
+    the explicit reference computation with float32 logits. Both compute the
+    same function (tests check it).
+
     Args:
         query: `(B, Q, H, K)`.
         key: `(B, S, H, K)`.
@@ -57,6 +66,33 @@ def attend(query, key, value, scale, bias=None, mask=None, dropout_mask=None):
     Returns:
         `(B, Q, H, K)` in the dtype of `value`.
     """
+    if dropout_mask is None and keras.config.is_flash_attention_enabled() is not False:
+        return fused_attend(query, key, value, scale, bias=bias, mask=mask)
+    return reference_attend(query, key, value, scale, bias, mask, dropout_mask)
+
+
+def fused_attend(query, key, value, scale, bias=None, mask=None):
+    """`attend` through `keras.ops.dot_product_attention` (no dropout)."""
+    scale = ops.abs(ops.cast(scale, "float32"))  # (H,)
+    query = ops.cast(ops.cast(query, "float32") * scale[:, None], value.dtype)  # (B, Q, H, K)
+    combined = None
+    if bias is not None:
+        combined = ops.cast(bias, "float32") * scale[:, None, None]  # (H, Q, S)
+    if mask is not None:
+        combined = 0.0 if combined is None else combined
+        combined = ops.where(mask[None], combined, MASKED_LOGIT)  # (H, Q, S)
+    return ops.dot_product_attention(
+        query,
+        ops.cast(key, value.dtype),
+        value,
+        bias=None if combined is None else ops.cast(combined, value.dtype)[None],  # (1, H, Q, S)
+        scale=1.0,
+        flash_attention=keras.config.is_flash_attention_enabled(),
+    )  # (B, Q, H, K)
+
+
+def reference_attend(query, key, value, scale, bias=None, mask=None, dropout_mask=None):
+    """`attend` written out, with float32 logits and optional probability dropout."""
     logits = ops.einsum(
         "bqhk,bshk->bhqs", ops.cast(query, "float32"), ops.cast(key, "float32")
     )  # (B, H, Q, S)
