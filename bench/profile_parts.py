@@ -122,20 +122,27 @@ def parts(size, dtype, steps):
     bias = slide.window_bias()
     mask = jnp.asarray(window_mask(w))
 
-    def attention(q, keys, values, scale, bias):
+    def make_attention(splits=1, with_bias=True):
         def loss(q, keys, values, scale, bias):
-            out = attend(q, keys, values, scale, bias=bias, mask=mask)
+            if not with_bias:
+                out = attend(q, keys, values, scale)
+            elif splits == 1:
+                out = attend(q, keys, values, scale, bias=bias, mask=mask)
+            else:
+                out = split_attend(q, keys, values, scale, bias, mask, splits)
             return jnp.mean(jnp.square(out.astype(jnp.float32)))
-        return jax.grad(loss, argnums=(0, 1, 2, 3, 4))(q, keys, values, scale, bias)
+        return jax.grad(loss, argnums=(0, 1, 2, 3, 4))
 
-    def model(trainable, ids):
-        fixed = [var.value for var in backbone.non_trainable_variables]
+    def make_model():
+        def model(trainable, ids):
+            fixed = [var.value for var in backbone.non_trainable_variables]
 
-        def loss(trainable):
-            (x, _), _ = backbone.stateless_call(trainable, fixed, ids, training=True)
-            logits = (x @ trainable[0].astype(x.dtype).T).astype(jnp.float32) / np.sqrt(d)
-            return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, ids[..., None], -1)[..., 0])
-        return jax.grad(loss)(trainable)
+            def loss(trainable):
+                (x, _), _ = backbone.stateless_call(trainable, fixed, ids, training=True)
+                logits = (x @ trainable[0].astype(x.dtype).T).astype(jnp.float32) / np.sqrt(d)
+                return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, ids[..., None], -1)[..., 0])
+            return jax.grad(loss)(trainable)
+        return model
 
     assert backbone.trainable_variables[0] is backbone.token_embedding.embeddings
     # Window attention FLOPs as computed (W queries x 2W keys), forward + backward.
@@ -146,18 +153,42 @@ def parts(size, dtype, steps):
         else:
             keras.config.enable_flash_attention()  # the default: fused where possible
         try:
-            add("attention", variant, attention, (q, kv, kv, scale, bias), attention_flops)
+            # A fresh function per variant: jax.jit caches traces by function.
+            add("attention", variant, make_attention(), (q, kv, kv, scale, bias), attention_flops)
+            if variant == "fused":
+                add("attention", "no bias", make_attention(with_bias=False), (q, kv, kv, scale, bias),
+                    attention_flops)
+                for splits in (2, 4):
+                    add("attention", f"split {splits}", make_attention(splits), (q, kv, kv, scale, bias),
+                        attention_flops * (1 + 1 / splits) / 2)
             grad, args = layer_grad(slide, hidden, state["layer_0_keys"], state["layer_0_values"])
             add("slide layer", variant, grad, args)
             initial = [state[f"layer_{rec_index}_{name}"] for name in ("state", "keys", "values")]
             grad, args = layer_grad(recurrent, hidden, initial)
             add("recurrent layer", variant, grad, args)
-            add("model", variant, model, ([var.value for var in backbone.trainable_variables], ids))
+            add("model", variant, make_model(), ([var.value for var in backbone.trainable_variables], ids))
         except Exception as error:  # e.g. cuDNN refusing a shape: reported, not timed.
             rows.append({"part": "-", "variant": variant, "error": f"{type(error).__name__}: {str(error)[:400]}"})
             print(f"{variant} FAILED: {rows[-1]['error']}", flush=True)
     keras.config.enable_flash_attention()
     return rows
+
+
+def split_attend(q, keys, values, scale, bias, mask, splits):
+    """Window attention with the W queries cut into `splits` chunks, each reading only
+    the W + W/splits keys it can see; chunks are stacked on the head axis (their bias and
+    mask are the same, so one (1, splits*H, W/splits, W + W/splits) bias broadcasts)."""
+    w = q.shape[1]
+    c = w // splits
+    span = w + c
+    heads = lambda chunks: jnp.concatenate(chunks, axis=2)
+    q_s = heads([q[:, j * c:(j + 1) * c] for j in range(splits)])  # (B, c, splits*H, K)
+    k_s = heads([keys[:, j * c:j * c + span] for j in range(splits)])  # (B, span, splits*H, K)
+    v_s = heads([values[:, j * c:j * c + span] for j in range(splits)])
+    bias_s = jnp.concatenate([bias[:, :c, :span]] * splits, axis=0)  # (splits*H, c, span)
+    out = attend(q_s, k_s, v_s, jnp.tile(scale, splits), bias=bias_s, mask=mask[:c, :span])
+    h = q.shape[2]
+    return jnp.concatenate([out[:, :, j * h:(j + 1) * h] for j in range(splits)], axis=1)  # (B, W, H, K)
 
 
 def check_equal(size, dtype):
@@ -170,26 +201,37 @@ def check_equal(size, dtype):
              jnp.asarray(rng.standard_normal((4, 2 * w, h, k)) / np.sqrt(k), compute))
     vals = jnp.asarray(rng.standard_normal((4, 2 * w, h, k)), compute)
     scale = jnp.asarray(rng.uniform(2, 8, (h,)), "float32")
-    bias = jnp.asarray(rng.standard_normal((h, w, 2 * w)), "float32")
+    # A bias that depends on the distance only, as the T5 bias does: table[h, query - key].
+    table = jnp.asarray(rng.standard_normal((h, 2 * w)), "float32")
+    distance = np.arange(w, 2 * w)[:, None] - np.arange(2 * w)[None, :] + w  # (W, 2W), in [1, 2W)
     mask = jnp.asarray(window_mask(w))
 
-    def f(q, keys, values, scale, bias):
+    def f(q, keys, values, scale, table):
+        bias = table[:, distance]
         return jnp.sum(attend(q, keys, values, scale, bias=bias, mask=mask).astype(jnp.float32) * vals[:, :w].astype(jnp.float32))
 
+    def f_split(q, keys, values, scale, table):
+        bias = table[:, distance]
+        return jnp.sum(split_attend(q, keys, values, scale, bias, mask, 2).astype(jnp.float32)
+                       * vals[:, :w].astype(jnp.float32))
+
     results = {}
-    for variant in ("fused", "reference"):
+    for variant in ("split 2", "fused", "reference"):
         if variant == "reference":
             keras.config.disable_flash_attention()
-        out = jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2, 3, 4)))(q, kv, vals, scale, bias)
+        fn = f_split if variant == "split 2" else f
+        out = jax.jit(jax.value_and_grad(fn, argnums=(0, 1, 2, 3, 4)))(q, kv, vals, scale, table)
         results[variant] = jax.tree_util.tree_map(lambda a: np.asarray(a, "float32"), out)
     keras.config.enable_flash_attention()
-    names = ["value", "d_query", "d_keys", "d_values", "d_scale", "d_bias"]
-    flat = [results["fused"][0]] + list(results["fused"][1]), [results["reference"][0]] + list(results["reference"][1])
+    names = ["value", "d_query", "d_keys", "d_values", "d_scale", "d_bias_table"]
+    flat = {key: [value[0]] + list(value[1]) for key, value in results.items()}
     report = {}
-    for name, a, b in zip(names, *flat):
-        report[name] = {"max_abs_diff": float(np.max(np.abs(a - b))), "max_abs": float(np.max(np.abs(b)))}
-        print(f"fused vs reference {name:<9} max|diff| {report[name]['max_abs_diff']:.3g} "
-              f"(max|reference| {report[name]['max_abs']:.3g})")
+    for variant in ("fused", "split 2"):
+        for name, a, b in zip(names, flat[variant], flat["reference"]):
+            report[f"{variant} {name}"] = {"max_abs_diff": float(np.max(np.abs(a - b))),
+                                           "max_abs": float(np.max(np.abs(b)))}
+            print(f"{variant} vs reference {name:<9} max|diff| {float(np.max(np.abs(a - b))):.3g} "
+                  f"(max|reference| {float(np.max(np.abs(b))):.3g})")
     return report
 
 
