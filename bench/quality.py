@@ -1,18 +1,26 @@
 """Small-scale quality: does the ordering of the paper's Table 1 hold? One run, one table.
 
-Trains the tiny Rec:fixed:skip, Slide and XL presets for the same number of training
-tokens on the built-in code corpus (this Python's standard library; or a local PG19
-with --data pg19 --data-dir DIR), then reports held-out bits per token with the state
+Trains Rec:fixed:skip, Slide and XL for the same number of training tokens on the
+built-in code corpus (this Python's standard library; or a local PG19 with
+--data pg19 --data-dir DIR), then reports held-out bits per token with the state
 carried from segment to segment and with it cleared at every segment, and the recall
 accuracy on the synthetic long-range task of the test suite (a payload 40 tokens back,
 beyond the stacked windows). Writes a PNG of the learning curves and a JSON under
 bench/results/.
 
+Sizes: `tiny` (the tiny presets: 4 layers, D=128, W=64; for 2 CPU cores) and `bytes`
+(the byte-level small configuration of bench/speed.py: 6 layers, D=512, W=512, S=512,
+T=2048, batch 16; for a GPU). `--pipeline numpy` feeds the lanes from NumPy
+(`keras_brt.data.lane_batches`, bytes tokenized in Python) for machines without
+TensorFlow; `tf` uses `lane_dataset` as `keras-brt train` does.
+
     KERAS_BACKEND=tensorflow python bench/quality.py --steps 150
+    KERAS_BACKEND=jax python bench/quality.py --size bytes --dtype mixed_bfloat16 --steps 2000  # GPU
 """
 
 import argparse
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -22,63 +30,119 @@ import keras
 import numpy as np
 
 import keras_brt
-from keras_brt import cli
-from keras_brt.data import ByteTokenizer, lane_dataset
-from keras_brt.training import BitsPerToken, make_optimizer
-from tests.models.common import StepLosses  # the suite's per-step loss recorder
+from keras_brt.data import lane_batches, stdlib_source
+from keras_brt.training import BitsPerToken, evaluate_bits_per_token, make_eval_step, make_optimizer
+from tests.models.common import StepLosses, train_and_score  # the suite's loss recorder and recall task
 
-# (label, preset, segment length): equal tokens per step (XL trains on window-long segments).
-MODELS = (("Rec:fixed:skip", "tiny_rec_fixed_skip", 512), ("Slide:4", "tiny_slide", 512),
-          ("XL:64", "tiny_xl", 64))
+# (label, backbone config or preset name, segment length, tokens per step): equal tokens per
+# step for every model (XL trains on window-long segments with a larger batch).
+BYTES = dict(vocabulary_size=264, num_layers=6, hidden_dim=512, num_heads=8, head_dim=64,
+             intermediate_dim=2048, block_size=512, num_state_vectors=512, attention_scale_init=4.0)
+SIZES = {
+    "tiny": (("Rec:fixed:skip", "tiny_rec_fixed_skip", 512), ("Slide:4", "tiny_slide", 512),
+             ("XL:64", "tiny_xl", 64)),
+    "bytes": (("Rec:fixed:skip", dict(BYTES, recurrent_layers=(3,)), 2048),
+              ("Slide:6", dict(BYTES, recurrent_layers=()), 2048),
+              ("XL:512", dict(BYTES, recurrent_layers=()), 512)),
+}
 
 
-def train(preset, segment_length, batch, steps, train_source, tokenizer):
+def byte_lanes(source, batch, segment_length, repeat=False, seed=0, documents=None):
+    """Lane batches from NumPy: UTF-8 bytes as ids (ByteTokenizer's layout: byte + 3, BOS 1),
+    documents reshuffled every pass when repeating."""
+    texts = list(source.documents())
+    if documents is not None:
+        texts = texts[:documents]
+
+    def token_documents():
+        rng = np.random.default_rng(seed)
+        while True:
+            for i in (rng.permutation(len(texts)) if repeat else range(len(texts))):
+                yield np.frombuffer(texts[i].encode("utf-8"), np.uint8).astype(np.int32) + 3
+            if not repeat:
+                return
+
+    return lane_batches(token_documents(), batch, segment_length, bos_id=1)
+
+
+def make_model(model, dtype):
+    if isinstance(model, str):
+        return keras_brt.models.BlockRecurrentTransformerCausalLM.from_preset(
+            model, vocabulary_size=264, dtype=dtype)
+    backbone = keras_brt.models.BlockRecurrentTransformerBackbone(**model, dtype=dtype)
+    return keras_brt.models.BlockRecurrentTransformerCausalLM(backbone)
+
+
+def train(model, segment_length, batch, steps, train_source, pipeline, dtype):
     keras.utils.set_random_seed(0)
-    lm = keras_brt.models.BlockRecurrentTransformerCausalLM.from_preset(preset, vocabulary_size=264)
+    lm = make_model(model, dtype)
     lm.compile(optimizer=make_optimizer("adamw", steps), weighted_metrics=[BitsPerToken()],
                jit_compile=True)
-    dataset = lane_dataset(train_source, tokenizer, batch, segment_length, repeat=True,
-                           shuffle_buffer=1024, seed=0)
+    if pipeline == "tf":
+        from keras_brt.data import ByteTokenizer, lane_dataset
+
+        dataset = lane_dataset(train_source, ByteTokenizer(), batch, segment_length, repeat=True,
+                               shuffle_buffer=1024, seed=0)
+    else:
+        dataset = byte_lanes(train_source, batch, segment_length, repeat=True, seed=0)
     record = StepLosses()
     start = time.perf_counter()
     lm.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[record])
     return lm, record.losses, time.perf_counter() - start
 
 
+def evaluate(lm, test_source, batch, segment_length, documents):
+    """Held-out bits per token from fresh lanes, each document to its end, state carried and cleared."""
+    step, report = make_eval_step(lm), {}
+    for mode, clear in (("bits_per_token", False), ("bits_per_token_state_cleared", True)):
+        lanes = byte_lanes(test_source, batch, segment_length, documents=documents)
+        result = evaluate_bits_per_token(lm, lanes, clear_state=clear, step=step)
+        report[mode], report["tokens"] = result["bits_per_token"], result["tokens"]
+    return report
+
+
 def recall_accuracy():
     """The test suite's long-range recall task, for the recurrent model and Slide."""
-    from tests.models.test_learning import train_and_score  # the suite's task, reused as is
-
     return {"Rec:fixed:skip": train_and_score((-1,)), "Slide": train_and_score(())}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
     parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--tokens-per-step", type=int, default=8 * 512)
+    parser.add_argument("--tokens-per-step", type=int, default=None,
+                        help="default: 8 x 512 (tiny), 16 x 2048 (bytes)")
+    parser.add_argument("--dtype", default="float32", help="dtype policy, e.g. mixed_bfloat16")
+    parser.add_argument("--pipeline", choices=("tf", "numpy"), default=None,
+                        help="default: tf where TensorFlow is installed, else numpy")
     parser.add_argument("--data", default="stdlib")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--eval-documents", type=int, default=16)
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
+    pipeline = args.pipeline or ("tf" if importlib.util.find_spec("tensorflow") else "numpy")
+    tokens_per_step = args.tokens_per_step or (8 * 512 if args.size == "tiny" else 16 * 2048)
 
-    train_source, test_source = cli.resolve_data(args.data, args.data_dir, "*.txt", None)
-    tokenizer = ByteTokenizer()
+    if args.data == "stdlib":
+        train_source, test_source = stdlib_source("train"), stdlib_source("test")
+    else:
+        from keras_brt import cli
+
+        train_source, test_source = cli.resolve_data(args.data, args.data_dir, "*.txt", None)
     rows, curves = [], {}
-    for label, preset, segment in MODELS:
-        batch = args.tokens_per_step // segment
-        lm, losses, seconds = train(preset, segment, batch, args.steps, train_source, tokenizer)
-        report, _ = cli.evaluate_run(lm, tokenizer, test_source, 8 * 512 // segment, segment,
-                                     args.eval_documents)
+    for label, model, segment in SIZES[args.size]:
+        batch = tokens_per_step // segment
+        lm, losses, seconds = train(model, segment, batch, args.steps, train_source, pipeline, args.dtype)
+        report = evaluate(lm, test_source, batch, segment, args.eval_documents)
         curves[label] = losses
-        rows.append({"model": label, "preset": preset, "segment_length": segment, "batch": batch,
+        rows.append({"model": label, "config": model, "segment_length": segment, "batch": batch,
                      "train_seconds": seconds, "final_train_loss": float(np.mean(losses[-10:])),
                      **report})
         print(f"trained {label}: held-out {report['bits_per_token']:.4f} bits/token", flush=True)
     recall = recall_accuracy()
 
-    print(f"\nbackend={keras.backend.backend()}, {args.steps} steps of {args.tokens_per_step} tokens, "
-          f"bytes, held-out: {args.eval_documents} documents of {test_source.name}")
+    print(f"\nbackend={keras.backend.backend()}, size={args.size}, dtype={args.dtype}, {args.steps} steps "
+          f"of {tokens_per_step} tokens, bytes, held-out: {args.eval_documents} documents of {test_source.name}")
     print(f"{'model':<16}{'bits/token carried':>20}{'cleared':>10}{'train loss':>12}")
     for r in rows:
         print(f"{r['model']:<16}{r['bits_per_token']:>20.4f}{r['bits_per_token_state_cleared']:>10.4f}"
@@ -86,7 +150,7 @@ def main():
     print("recall accuracy (chance 0.125): " + ", ".join(f"{k} {v:.3f}" for k, v in recall.items()))
 
     results = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-    stem = f"quality_{args.data}_{keras.backend.backend()}"
+    stem = f"quality_{args.data}_{keras.backend.backend()}" + ("" if args.size == "tiny" else f"_{args.size}")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -100,13 +164,15 @@ def main():
     axis.set_ylabel("training bits per token (10-step mean)")
     axis.legend()
     figure.tight_layout()
-    figure.savefig(os.path.join(results, stem + ".png"), dpi=100)
     output = args.output or os.path.join(results, stem + ".json")
+    figure.savefig(os.path.splitext(output)[0] + ".png", dpi=100)
     with open(output, "w") as f:
         json.dump({
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": platform.node(), "backend": keras.backend.backend(), "keras": keras.__version__,
-            "steps": args.steps, "tokens_per_step": args.tokens_per_step, "data": args.data,
+            "machine": platform.node(), "devices": [str(d) for d in keras.distribution.list_devices()],
+            "backend": keras.backend.backend(), "keras": keras.__version__,
+            "size": args.size, "dtype_policy": args.dtype, "pipeline": pipeline,
+            "steps": args.steps, "tokens_per_step": tokens_per_step, "data": args.data,
             "eval_documents": args.eval_documents, "rows": rows, "recall_accuracy": recall,
             "learning_curves": curves,
         }, f, indent=2)

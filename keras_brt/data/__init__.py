@@ -1,12 +1,35 @@
 """Data for long-document language modeling: sources, tokenizers, lane streaming.
 
 This subpackage uses TensorFlow (tf.data, tensorflow-text); the modeling code in
-`keras_brt.layers` and `keras_brt.models` does not.
+`keras_brt.layers` and `keras_brt.models` does not. Its names are imported on first
+use, so the document sources and the NumPy `lane_batches` also work where
+TensorFlow is not installed (a GPU machine running the JAX backend).
 """
 
-from keras_brt.data.sources import FolderSource, IterableSource, TFDSSource, stdlib_source
-from keras_brt.data.streaming import lane_batches, lane_dataset
-from keras_brt.data.tokenizers import ByteTokenizer, SentencePieceTokenizer, train_sentencepiece
+import importlib
+
+_WHERE = {
+    "FolderSource": "sources",
+    "IterableSource": "sources",
+    "TFDSSource": "sources",
+    "stdlib_source": "sources",
+    "lane_batches": "streaming",
+    "lane_dataset": "streaming",
+    "ByteTokenizer": "tokenizers",
+    "SentencePieceTokenizer": "tokenizers",
+    "train_sentencepiece": "tokenizers",
+}
+
+
+def __getattr__(name):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'keras_brt.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"keras_brt.data.{_WHERE[name]}"), name)
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_WHERE))
+
 
 __all__ = [
     "ByteTokenizer",

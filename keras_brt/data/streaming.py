@@ -9,7 +9,6 @@ shapes (TPU-ready). Documents (never segments) are shuffled.
 """
 
 import numpy as np
-import tensorflow as tf
 
 
 def lane_batches(token_documents, batch_size, segment_length, bos_id=1):
@@ -83,6 +82,8 @@ def lane_dataset(source, tokenizer, batch_size, segment_length, repeat=False,
     Returns:
         A dataset of `(x, y, sample_weight)` as in `lane_batches`.
     """
+    import tensorflow as tf  # lane_batches alone works without TensorFlow
+
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be at least 1. Received: batch_size={batch_size}")
 

@@ -49,8 +49,9 @@ def attend(query, key, value, scale, bias=None, mask=None, dropout_mask=None):
     fused flash attention on a GPU under the JAX backend: no `(B, H, Q, S)`
     logits are kept in memory), with the per-head scale folded into the queries
     and the position bias and mask folded into one `(1, H, Q, S)` bias. With a
-    dropout mask, or after `keras.config.disable_flash_attention()`, it runs
-    the explicit reference computation with float32 logits. Both compute the
+    dropout mask, with one query per row (decoding), or after
+    `keras.config.disable_flash_attention()`, it runs the explicit reference
+    computation with float32 logits. Both compute the
     same function (tests check it).
 
     Args:
@@ -66,7 +67,9 @@ def attend(query, key, value, scale, bias=None, mask=None, dropout_mask=None):
     Returns:
         `(B, Q, H, K)` in the dtype of `value`.
     """
-    if dropout_mask is None and keras.config.is_flash_attention_enabled() is not False:
+    fused = dropout_mask is None and keras.config.is_flash_attention_enabled() is not False
+    # One query per row (decoding) has no logits worth fusing; the plain path is faster there.
+    if fused and query.shape[1] != 1:
         return fused_attend(query, key, value, scale, bias=bias, mask=mask)
     return reference_attend(query, key, value, scale, bias, mask, dropout_mask)
 

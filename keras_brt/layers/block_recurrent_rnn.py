@@ -31,8 +31,9 @@ class BlockRecurrentRNN(keras.layers.RNN):
     state runs in the loop over blocks, as in the paper's official code: the
     token projections, the tokens' sliding-window attention, the output
     projection and the MLP run over all blocks at once, and each loop step
-    computes the state's projections, the tokens' attention to the state and
-    the state update. The result is the cell's, block by block (the tests hold
+    computes the state's projections and the state update; the loop hands out
+    each block's state keys/values, so the tokens' attention to the state also
+    runs over all blocks at once after it. The result is the cell's, block by block (the tests hold
     both routes to the same numbers); `False` runs the whole cell per block
     through `keras.layers.RNN`.
 
@@ -159,26 +160,32 @@ class BlockRecurrentRNN(keras.layers.RNN):
 
         def step(block, states):
             (state,) = states  # (B, S, D)
-            q_cross_n = block[:, :w]  # (B, W, H, K)
-            window_keys_n, window_values_n = block[:, w:3 * w], block[:, 3 * w:]  # 2 × (B, 2W, H, K)
+            window_keys_n, window_values_n = block[:, :2 * w], block[:, 2 * w:]  # 2 × (B, 2W, H, K)
             s_q_self, s_keys, s_values, s_q_cross = cell._state_projections(state)  # 4 × (B, S, H, K)
-            token_cross = attend(q_cross_n, s_keys, s_values, cell.token_cross_scale)  # (B, W, H, K)
             new_state = cell._advance(
                 state, s_q_self, s_keys, s_values, s_q_cross, window_keys_n, window_values_n
             )  # (B, S, D)
-            return token_cross, [ops.cast(new_state, state.dtype)]
+            # The keys/values this block's tokens read; their attention runs after the loop.
+            return ops.concatenate([s_keys, s_values], axis=1), [ops.cast(new_state, state.dtype)]
 
         # The loop keras.layers.RNN runs (lax.scan on JAX; an XLA-ready while loop on TF).
         # One tensor per block (the RNN loop wants a single input with a known rank).
         packed = ops.concatenate(
-            [q_cross, ops.cast(window_keys, q_cross.dtype), ops.cast(window_values, q_cross.dtype)],
-            axis=2,
-        )  # (B, N, 5W, H, K)
-        _, token_cross, (state,) = backend.rnn(
+            [window_keys, ops.cast(window_values, window_keys.dtype)], axis=2
+        )  # (B, N, 4W, H, K)
+        _, state_kv, (state,) = backend.rnn(
             step, packed, [state],
             unroll=self.unroll,
             input_length=None if sequences.shape[1] is None else sequences.shape[1] // w,
-        )  # (B, N, W, H, K), (B, S, D)
+        )  # (B, N, 2S, H, K), (B, S, D)
+        s = cell.num_state_vectors
+        state_kv = ops.reshape(state_kv, (-1, 2 * s, h, k))  # (B*N, 2S, H, K)
+        token_cross = attend(
+            ops.reshape(q_cross, (-1, w, h, k)),  # (B*N, W, H, K)
+            state_kv[:, :s],  # (B*N, S, H, K): block n reads the state before its update
+            state_kv[:, s:],
+            cell.token_cross_scale,
+        )  # (B*N, W, H, K)
         token_heads = ops.concatenate([
             ops.reshape(token_self, (batch, -1, h, k)),  # (B, T, H, K)
             ops.reshape(token_cross, (batch, -1, h, k)),  # (B, T, H, K)

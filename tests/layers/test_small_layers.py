@@ -114,3 +114,31 @@ def test_attend_ignores_masked_keys_and_normalises():
     v2[0, 2] = 100.0  # a masked key's value never leaks
     np.testing.assert_array_equal(out, np.asarray(attend(q, k, v2, np.ones((1,), "float32"), mask=mask)))
     assert np.allclose(np.linalg.norm(np.asarray(q), axis=-1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("queries", [6, 1])
+def test_fused_attention_equals_the_reference_path(queries, monkeypatch):
+    """`attend` folds scale, bias and mask into keras.ops.dot_product_attention; after
+    keras.config.disable_flash_attention() (and for one query per row) it writes them out."""
+    import keras
+
+    rng = np.random.default_rng(1)
+    w, h, k = 6, 2, 4
+    q = l2_normalize(ops.convert_to_tensor(rng.normal(size=(3, queries, h, k)).astype("float32")))
+    keys = l2_normalize(ops.convert_to_tensor(rng.normal(size=(3, 2 * w, h, k)).astype("float32")))
+    values = rng.normal(size=(3, 2 * w, h, k)).astype("float32")
+    scale = np.array([3.0, -7.0], "float32")  # |scale| is used
+    bias = rng.normal(size=(h, queries, 2 * w)).astype("float32")
+    mask = window_mask(w)[-queries:]
+    calls = []
+    fused_op = ops.dot_product_attention
+    monkeypatch.setattr(ops, "dot_product_attention", lambda *a, **kw: calls.append(1) or fused_op(*a, **kw))
+    for kwargs in ({"bias": bias, "mask": mask}, {"mask": mask}, {}):
+        fused = np.asarray(attend(q, keys, values, scale, **kwargs))
+        keras.config.disable_flash_attention()
+        try:
+            reference_out = np.asarray(attend(q, keys, values, scale, **kwargs))
+        finally:
+            keras.config.enable_flash_attention()
+        np.testing.assert_allclose(fused, reference_out, atol=2e-5)
+    assert len(calls) == (3 if queries > 1 else 0)
