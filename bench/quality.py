@@ -106,6 +106,24 @@ def recall_accuracy():
     return {"Rec:fixed:skip": train_and_score((-1,)), "Slide": train_and_score(())}
 
 
+def plot_curves(curves, path):
+    """PNG of the per-step training losses in bits per token, 10-step means."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for label, losses in curves.items():
+        smooth = np.convolve(losses, np.ones(10) / 10, mode="valid") / np.log(2)
+        axis.plot(np.arange(len(smooth)) + 10, smooth, label=label)
+    axis.set_xlabel("training step")
+    axis.set_ylabel("training bits per token (10-step mean)")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
@@ -151,21 +169,8 @@ def main():
 
     results = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
     stem = f"quality_{args.data}_{keras.backend.backend()}" + ("" if args.size == "tiny" else f"_{args.size}")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7, 4))
-    for label, losses in curves.items():
-        smooth = np.convolve(losses, np.ones(10) / 10, mode="valid") / np.log(2)
-        axis.plot(np.arange(len(smooth)) + 10, smooth, label=label)
-    axis.set_xlabel("training step")
-    axis.set_ylabel("training bits per token (10-step mean)")
-    axis.legend()
-    figure.tight_layout()
     output = args.output or os.path.join(results, stem + ".json")
-    figure.savefig(os.path.splitext(output)[0] + ".png", dpi=100)
+    plot_curves(curves, os.path.splitext(output)[0] + ".png")
     with open(output, "w") as f:
         json.dump({
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -33,14 +33,24 @@ def numpy_state(state):
 
 
 class StepLosses(keras.callbacks.Callback):
-    """Records the loss after every training step."""
+    """Records every training step's own loss.
+
+    Keras logs the running mean of the loss since the epoch began; each step's
+    loss is recovered from consecutive means (the batches have equal weight).
+    """
 
     def __init__(self):
         super().__init__()
         self.losses = []
+        self._mean = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._mean = 0.0
 
     def on_train_batch_end(self, batch, logs=None):
-        self.losses.append(float(logs["loss"]))
+        mean = float(logs["loss"])
+        self.losses.append((batch + 1) * mean - batch * self._mean)
+        self._mean = mean
 
 
 # The long-range recall task (tests/models/test_learning.py and bench/quality.py).
