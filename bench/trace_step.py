@@ -1,0 +1,121 @@
+"""A device profile of training steps: where the GPU's time goes, kernel by kernel (JAX).
+
+Runs a few training steps of one model under `jax.profiler.trace` with a Perfetto
+trace, reads the trace back and prints the device time per kernel, largest first,
+grouped into kinds (matmuls, cuDNN attention, XLA fusions, copies, ...), with the
+share of the step. Writes the summary as JSON under bench/results/.
+
+    KERAS_BACKEND=jax python bench/trace_step.py --size paper --dtype mixed_bfloat16 --model rec
+"""
+
+import argparse
+import collections
+import datetime
+import glob
+import gzip
+import json
+import os
+import sys
+import tempfile
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import jax  # noqa: E402
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import speed  # noqa: E402
+
+import keras_brt  # noqa: E402
+
+
+def kind(name):
+    lower = name.lower()
+    if "fmha" in lower or "flash" in lower or "cudnn" in lower:
+        return "cuDNN attention"
+    if "gemm" in lower or "cublas" in lower or "matmul" in lower or "sm90_xmma" in lower or "cutlass" in lower:
+        return "matmul"
+    if "memcpy" in lower or "memset" in lower or "copy" in lower:
+        return "copy"
+    if "fusion" in lower or "loop_" in lower or "input_" in lower or "reduce" in lower:
+        return "XLA fusion"
+    return "other"
+
+
+def device_events(trace_dir):
+    """(name, microseconds) of every complete event on a GPU stream of the trace."""
+    paths = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)
+    paths += glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True)
+    if not paths:
+        raise FileNotFoundError(f"no trace JSON under {trace_dir}: {os.listdir(trace_dir)}")
+    with gzip.open(paths[0], "rt") as f:
+        trace = json.load(f)
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    processes = {e["pid"]: e["args"]["name"] for e in events
+                 if e.get("ph") == "M" and e.get("name") == "process_name"}
+    gpu = {pid for pid, name in processes.items() if "gpu" in name.lower() or "device" in name.lower()}
+    return [(e["name"], float(e["dur"])) for e in events
+            if e.get("ph") == "X" and e.get("pid") in gpu and "dur" in e], processes
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=sorted(speed.SIZES), default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--model", choices=("rec", "slide"), default="rec")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--output", default=None)
+    args = parser.parse_args()
+
+    s = speed.SIZES[args.size]
+    config = {k: v for k, v in s.items() if k not in ("recurrent_index", "segment_length", "batch_size")}
+    recurrent = (s["recurrent_index"],) if args.model == "rec" else ()
+    backbone = keras_brt.models.BlockRecurrentTransformerBackbone(
+        **config, recurrent_layers=recurrent, dtype=args.dtype)
+    lm = keras_brt.models.BlockRecurrentTransformerCausalLM(backbone)
+    lm.compile(optimizer=keras.optimizers.AdamW(1e-4), jit_compile=True)
+    b, t = s["batch_size"], s["segment_length"]
+    ids = np.random.default_rng(0).integers(0, config["vocabulary_size"], (b, t)).astype("int32")
+    x = {"token_ids": ids, "start_of_sequence": np.zeros((b,), bool)}
+    for _ in range(3):  # compile and warm up
+        float(lm.train_on_batch(x, ids, return_dict=True)["loss"])
+    trace_dir = tempfile.mkdtemp()
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+        for _ in range(args.steps):
+            float(lm.train_on_batch(x, ids, return_dict=True)["loss"])
+    events, processes = device_events(trace_dir)
+    if not events:
+        raise RuntimeError(f"no device events in the trace; processes: {sorted(processes.values())}")
+    total = sum(d for _, d in events)
+    by_name = collections.Counter()
+    for name, d in events:
+        by_name[name] += d
+    by_kind = collections.Counter()
+    for name, d in by_name.items():
+        by_kind[kind(name)] += d
+    per_step = total / args.steps / 1e3
+    print(f"\nbackend=jax ({jax.devices()[0].device_kind}) dtype={args.dtype} size={args.size} "
+          f"model={args.model}: device busy {per_step:.1f} ms per step ({args.steps} steps traced)")
+    print(f"{'kind':<18}{'ms/step':>9}{'share':>8}")
+    for k, d in by_kind.most_common():
+        print(f"{k:<18}{d / args.steps / 1e3:>9.2f}{d / total:>8.1%}")
+    print(f"\n{'kernel':<70}{'ms/step':>9}{'share':>8}")
+    for name, d in by_name.most_common(args.top):
+        print(f"{name[:68]:<70}{d / args.steps / 1e3:>9.2f}{d / total:>8.1%}")
+    output = args.output or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                         f"trace_{args.size}_{args.model}_jax_{args.dtype}.json")
+    with open(output, "w") as f:
+        json.dump({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                   "device": jax.devices()[0].device_kind, "jax": jax.__version__, "size": args.size,
+                   "model": args.model, "dtype_policy": args.dtype, "steps_traced": args.steps,
+                   "device_ms_per_step": per_step,
+                   "by_kind_ms_per_step": {k: d / args.steps / 1e3 for k, d in by_kind.most_common()},
+                   "top_kernels_ms_per_step": {n: d / args.steps / 1e3 for n, d in by_name.most_common(200)}},
+                  f, indent=2)
+    print(f"wrote {output}")
+
+
+if __name__ == "__main__":
+    main()
