@@ -286,7 +286,7 @@ class BlockRecurrentCell(DropoutRNNCell, keras.layers.Layer):
 
         # Vertical direction: tokens read the window (causal, T5 bias) and the
         # old state (no mask, no bias), in parallel; concat, project, residual.
-        window_bias = self.relative_position(ops.arange(w, 2 * w), ops.arange(0, 2 * w))  # (H, W, 2W)
+        window_bias = self.relative_position.contiguous(w, w, 0, 2 * w)  # (H, W, 2W)
         outputs = self._token_outputs(
             inputs, q_self, q_cross, window_keys, window_values, s_keys, s_values,
             window_bias, ops.convert_to_tensor(self._window_mask), masks, training,

@@ -153,7 +153,7 @@ class BlockRecurrentRNN(keras.layers.RNN):
             ops.reshape(window_keys, (-1, 2 * w, h, k)),  # (B*N, 2W, H, K)
             ops.reshape(window_values, (-1, 2 * w, h, k)),
             cell.token_self_scale,
-            bias=cell.relative_position(ops.arange(w, 2 * w), ops.arange(0, 2 * w)),  # (H, W, 2W)
+            bias=cell.relative_position.contiguous(w, w, 0, 2 * w),  # (H, W, 2W)
             mask=ops.convert_to_tensor(cell._window_mask),
             dropout_mask=None if masks is None else masks[2],
         )  # (B*N, W, H, K)

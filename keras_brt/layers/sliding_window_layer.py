@@ -149,7 +149,7 @@ class SlidingWindowTransformerLayer(keras.layers.Layer):
     def window_bias(self):
         """The `(H, W, 2W)` relative position bias of one block's window."""
         w = self.block_size
-        return self.relative_position(ops.arange(w, 2 * w), ops.arange(0, 2 * w))
+        return self.relative_position.contiguous(w, w, 0, 2 * w)
 
     def attention_dropout_mask(self, training):
         """A `(H, W, 2W)` dropout mask shared by all rows and blocks (meliad)."""
