@@ -10,8 +10,8 @@ several steps is reported, and every variant is measured in the same process.
 
 `Rec/cell-loop` is Rec:fixed:skip with the whole cell inside the loop over blocks
 (`BlockRecurrentRNN(parallel_token_path=False)`), to measure what running the
-state-independent token work over all blocks at once buys; `Rec/unrolled` unrolls
-the loop over blocks (`unroll=True`).
+state-independent token work over all blocks at once buys; `Rec/looped` keeps the loop
+over blocks rolled (`unroll=False`; the models unroll calls of at most 16 blocks).
 
 Sizes: `cpu` (4 layers, D=128, W=64), `bytes` (the byte-level small configuration:
 6 layers, D=512, 8x64 heads, W=512, S=512, recurrent layer 4, T=2048, batch 16) and
@@ -53,7 +53,7 @@ def variants(size):
     out = [
         ("Rec:fixed:skip", dict(recurrent_layers=(s["recurrent_index"],)), t, b),
         ("Rec/cell-loop", dict(recurrent_layers=(s["recurrent_index"],), parallel_token_path=False), t, b),
-        ("Rec/unrolled", dict(recurrent_layers=(s["recurrent_index"],), unroll=True), t, b),
+        ("Rec/looped", dict(recurrent_layers=(s["recurrent_index"],), unroll=False), t, b),
         (f"Slide:{layers}", dict(recurrent_layers=()), t, b),
         (f"Slide:{layers + 1}", dict(recurrent_layers=(), num_layers=layers + 1), t, b),
     ]
@@ -79,14 +79,15 @@ def measure(size, label, overrides, segment_length, batch, steps, warmup, dtype)
               if k not in ("recurrent_index", "segment_length", "batch_size")}
     overrides = dict(overrides)
     parallel = overrides.pop("parallel_token_path", True)
-    unroll = overrides.pop("unroll", False)
+    unroll = overrides.pop("unroll", None)
     backbone = keras_brt.models.BlockRecurrentTransformerBackbone(**{**config, **overrides}, dtype=dtype)
     lm = keras_brt.models.BlockRecurrentTransformerCausalLM(backbone)
     backbone.build()
     for layer in backbone.transformer_layers:
         if hasattr(layer, "parallel_token_path"):
             layer.parallel_token_path = parallel  # False: the whole cell inside the block loop
-            layer.unroll = unroll  # True: the loop over blocks unrolled (static T)
+            if unroll is not None:
+                layer.unroll_setting = unroll  # False: never unroll the loop over blocks
     lm.compile(optimizer=keras.optimizers.AdamW(1e-4), jit_compile=True)
     rng = np.random.default_rng(0)
     ids = rng.integers(0, config["vocabulary_size"], (batch, segment_length)).astype("int32")
