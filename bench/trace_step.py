@@ -34,7 +34,7 @@ def kind(name):
     lower = name.lower()
     if "fmha" in lower or "flash" in lower or "cudnn" in lower:
         return "cuDNN attention"
-    if "gemm" in lower or "cublas" in lower or "matmul" in lower or "sm90_xmma" in lower or "cutlass" in lower:
+    if any(word in lower for word in ("gemm", "cublas", "nvjet", "matmul", "xmma", "cutlass")):
         return "matmul"
     if "memcpy" in lower or "memset" in lower or "copy" in lower:
         return "copy"

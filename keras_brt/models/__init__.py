@@ -2,6 +2,7 @@
 
 from keras_brt.models.backbone import BlockRecurrentTransformerBackbone
 from keras_brt.models.causal_lm import BlockRecurrentTransformerCausalLM
+from keras_brt.models.losses import TokenCrossEntropy
 from keras_brt.models.presets import PRESETS
 from keras_brt.models.samplers import (
     GreedySampler,
@@ -21,5 +22,6 @@ __all__ = [
     "RandomSampler",
     "TopKSampler",
     "TopPSampler",
+    "TokenCrossEntropy",
     "get_sampler",
 ]

@@ -11,6 +11,7 @@ from keras_brt.models import replicas
 from keras_brt.models.backbone import BlockRecurrentTransformerBackbone, concrete_value
 from keras_brt.models.compiling import compile_function
 from keras_brt.models.generation import generate_step, prepare_prompts
+from keras_brt.models.losses import TokenCrossEntropy
 from keras_brt.models.samplers import get_sampler
 
 
@@ -402,8 +403,9 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
                 sampler="greedy", **kwargs):
         """`keras.Model.compile` with defaults for language modeling.
 
-        `"auto"` gives AdamW (learning rate 1e-3), sparse cross-entropy on the
-        float32 logits and weighted token accuracy (weights mask padding).
+        `"auto"` gives AdamW (learning rate 1e-3), `TokenCrossEntropy` (sparse
+        cross-entropy on the float32 logits) and weighted token accuracy
+        (weights mask padding).
         `sampler` is `generate()`'s default (a name or a Sampler); compiling
         again drops the compiled generate functions.
 
@@ -415,7 +417,7 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
         if optimizer == "auto":
             optimizer = keras.optimizers.AdamW(1e-3)
         if loss == "auto":
-            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+            loss = TokenCrossEntropy()
         if weighted_metrics == "auto":
             weighted_metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
         self.__dict__["sampler"] = get_sampler(sampler)

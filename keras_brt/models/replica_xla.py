@@ -25,6 +25,7 @@ import tensorflow as tf
 from keras.src.trainers.data_adapters import data_adapter_utils
 
 from keras_brt.models import replicas
+from keras_brt.models.losses import TokenCrossEntropy
 
 
 def _loss_object(model):
@@ -32,7 +33,7 @@ def _loss_object(model):
     if isinstance(loss, keras.losses.Loss):
         return loss
     if loss in (None, "auto"):
-        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        return TokenCrossEntropy()
     return keras.losses.get(loss)
 
 

@@ -129,3 +129,30 @@ def test_state_structure_and_shapes():
     assert tuple(state["layer_0_keys"].shape) == (5, W, 2, 8)
     cell = lm.backbone.transformer_layers[1].cell
     np.testing.assert_allclose(np.asarray(state["layer_1_state"])[4], cell.initial_state.numpy())
+
+
+def test_token_cross_entropy_equals_keras_sparse_cross_entropy():
+    """The default loss: Keras's sparse cross-entropy values without its one-hot; a target
+    outside the vocabulary is NaN, not a silently clamped or zero loss; it round-trips."""
+    import keras
+
+    from keras_brt.models import TokenCrossEntropy
+
+    rng = np.random.default_rng(0)
+    logits = (3 * rng.normal(size=(3, 5, 11))).astype("float32")
+    targets = rng.integers(0, 11, (3, 5)).astype("int32")
+    weights = rng.integers(0, 2, (3, 5)).astype("float32")
+    ours, keras_loss = TokenCrossEntropy(), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    np.testing.assert_allclose(ours(targets, logits), keras_loss(targets, logits), rtol=1e-5)
+    np.testing.assert_allclose(ours(targets, logits, sample_weight=weights),
+                               keras_loss(targets, logits, sample_weight=weights), rtol=1e-5)
+    per_token = np.asarray(TokenCrossEntropy(reduction=None)(targets, logits))
+    bad = targets.copy()
+    bad[1, 2] = 11
+    out = np.asarray(TokenCrossEntropy(reduction=None)(bad, logits))
+    assert np.isnan(out[1, 2]) and np.allclose(np.delete(out.ravel(), 7), np.delete(per_token.ravel(), 7))
+    restored = keras.losses.deserialize(keras.losses.serialize(ours))
+    assert isinstance(restored, TokenCrossEntropy) and restored.get_config() == ours.get_config()
+    lm = make_lm()
+    lm.compile()
+    assert isinstance(lm.loss, TokenCrossEntropy)
