@@ -76,7 +76,7 @@ def model_flops_per_token(backbone, segment_length):
     return 6 * params + 6 * d * v + attention
 
 
-def measure(size, label, overrides, segment_length, batch, steps, warmup, dtype):
+def measure(size, label, overrides, segment_length, batch, steps, warmup, dtype, timing):
     config = {k: v for k, v in SIZES[size].items()
               if k not in ("recurrent_index", "segment_length", "batch_size")}
     overrides = dict(overrides)
@@ -106,21 +106,25 @@ def measure(size, label, overrides, segment_length, batch, steps, warmup, dtype)
             start = time.perf_counter()
             losses.append(float(lm.train_on_batch(x, ids, return_dict=True)["loss"]))
             times.append(time.perf_counter() - start)
-        # The same step through fit(), which dispatches steps back to back so that the
-        # host's per-step work overlaps the device's (train_on_batch waits for each step).
-        xs = {k: np.concatenate([v] * steps) for k, v in x.items()}
-        ys = np.concatenate([ids] * steps)
-        lm.fit(xs, ys, batch_size=batch, epochs=1, verbose=0, shuffle=False)  # warm-up
-        start = time.perf_counter()
-        history = lm.fit(xs, ys, batch_size=batch, epochs=1, verbose=0, shuffle=False)
-        fit_step = (time.perf_counter() - start) / steps
-        losses.append(float(history.history["loss"][-1]))
+        fit_step = None
+        if timing == "fit":
+            # The same step through fit(), which dispatches steps back to back so that the
+            # host's per-step work overlaps the device's (train_on_batch waits for each step).
+            xs = {k: np.concatenate([v] * steps) for k, v in x.items()}
+            ys = np.concatenate([ids] * steps)
+            lm.fit(xs, ys, batch_size=batch, epochs=1, verbose=0, shuffle=False)  # warm-up
+            start = time.perf_counter()
+            history = lm.fit(xs, ys, batch_size=batch, epochs=1, verbose=0, shuffle=False)
+            fit_step = (time.perf_counter() - start) / steps
+            losses.append(float(history.history["loss"][-1]))
     except Exception as error:  # e.g. out of device memory: reported, never timed.
         return {**row, "error": f"{type(error).__name__}: {str(error)[:300]}"}
     if not np.all(np.isfinite(losses)):
         return {**row, "error": f"non-finite loss {losses}"}
-    return {**row, "step_seconds": fit_step, "synchronous_step_seconds": statistics.median(times),
-            "synchronous_step_seconds_all": times, "tokens_per_second": tokens / fit_step, "losses": losses}
+    sync_step = statistics.median(times)
+    step = fit_step if timing == "fit" else sync_step
+    return {**row, "step_seconds": step, "fit_step_seconds": fit_step, "synchronous_step_seconds": sync_step,
+            "synchronous_step_seconds_all": times, "tokens_per_second": tokens / step, "losses": losses}
 
 
 def growth(size, dtype, chunk, totals, batch):
@@ -178,8 +182,13 @@ def main():
                         help="tokens per lane for the cost-growth table ('' to skip)")
     parser.add_argument("--attention", choices=("fused", "reference"), default="fused",
                         help="reference: keras.config.disable_flash_attention() (float32 logits written out)")
+    parser.add_argument("--timing", choices=("fit", "sync"), default=None,
+                        help="step time from fit() (default on JAX) or from synchronous train_on_batch "
+                             "calls only (default on TensorFlow, whose fit() rebuilds its input pipeline "
+                             "and recompiles per call)")
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
+    timing = args.timing or ("fit" if keras.backend.backend() == "jax" else "sync")
     if args.attention == "reference":
         keras.config.disable_flash_attention()
 
@@ -187,7 +196,7 @@ def main():
     for label, overrides, t, b in variants(args.size):
         if args.only and label not in args.only.split(","):
             continue
-        rows.append(measure(args.size, label, overrides, t, b, args.steps, args.warmup, args.dtype))
+        rows.append(measure(args.size, label, overrides, t, b, args.steps, args.warmup, args.dtype, timing))
         done = rows[-1]
         print(f"measured {label}: " + (f"{done['step_seconds'] * 1e3:.1f} ms/step" if "error" not in done
                                          else f"FAILED ({done['error'][:120]})"), flush=True)
@@ -196,9 +205,10 @@ def main():
     reference = next((r for r in valid if r["model"] == f"Slide:{SIZES[args.size]['num_layers'] + 1}"),
                      valid[0] if valid else None)
     print(f"\nbackend={keras.backend.backend()} dtype={args.dtype} size={args.size} jit_compile=True "
-          f"attention={args.attention}; ms/step: {args.steps} steps through fit() after a warm-up fit; "
-          f"sync ms: median of {args.steps} train_on_batch calls (each waits for its step)")
-    header = f"{'model':<16}{'T':>6}{'B':>5}{'ms/step':>10}{'sync ms':>9}{'tokens/s':>12}"
+          f"attention={args.attention}; fit ms: {args.steps} steps through fit() after a warm-up fit; "
+          f"sync ms: median of {args.steps} train_on_batch calls (each waits for its step); "
+          f"tokens/s, ratios and MFU from the {timing} time")
+    header = f"{'model':<16}{'T':>6}{'B':>5}{'fit ms':>10}{'sync ms':>9}{'tokens/s':>12}"
     header += f"{'÷ ' + reference['model']:>18}" if reference else ""
     if args.peak_tflops:
         header += f"{'MFU':>8}"
@@ -209,7 +219,8 @@ def main():
             print(line + f"  failed: {r['error'][:60]}")
             continue
         r["ratio_to_reference"] = r["step_seconds"] / reference["step_seconds"]
-        line += (f"{r['step_seconds'] * 1e3:>10.1f}{r['synchronous_step_seconds'] * 1e3:>9.1f}"
+        fit_ms = "-" if r["fit_step_seconds"] is None else f"{r['fit_step_seconds'] * 1e3:.1f}"
+        line += (f"{fit_ms:>10}{r['synchronous_step_seconds'] * 1e3:>9.1f}"
                  f"{r['tokens_per_second']:>12.0f}"
                  f"{r['ratio_to_reference']:>18.2f}")
         if args.peak_tflops:
@@ -254,7 +265,7 @@ def main():
             "machine": platform.node(), "processor": platform.processor() or platform.machine(),
             "devices": [str(d) for d in _devices()], "backend": keras.backend.backend(),
             "keras": keras.__version__, "dtype_policy": args.dtype, "size": args.size,
-            "config": SIZES[args.size], "attention": args.attention, "jit_compile": True, "steps": args.steps,
+            "config": SIZES[args.size], "attention": args.attention, "timing": timing, "jit_compile": True, "steps": args.steps,
             "warmup": args.warmup, "rows": rows, "growth": growth_rows, "checks": checks,
         }, f, indent=2)
     print(f"wrote {output}")
