@@ -21,8 +21,6 @@ XLA's compiled program contains a cuDNN fused-attention call.
 """
 
 import argparse
-import datetime
-import json
 import os
 import statistics
 import sys
@@ -252,14 +250,9 @@ def main():
     for part in ("attention", "slide layer", "recurrent layer", "model"):
         if (part, "fused") in by and (part, "reference") in by:
             print(f"{part:<18} fused ÷ reference = {by[(part, 'fused')]['ms'] / by[(part, 'reference')]['ms']:.2f}")
-    output = args.output or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                         f"profile_{args.size}_jax_{args.dtype}.json")
-    with open(output, "w") as f:
-        json.dump({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                   "device": jax.devices()[0].device_kind, "jax": jax.__version__, "keras": keras.__version__,
-                   "dtype_policy": args.dtype, "size": args.size, "config": speed.SIZES[args.size],
-                   "steps": args.steps, "agreement": agreement, "rows": rows}, f, indent=2)
-    print(f"wrote {output}")
+    speed.write_jax_results(args.output, f"profile_{args.size}_jax_{args.dtype}.json",
+                            dtype_policy=args.dtype, size=args.size, config=speed.SIZES[args.size],
+                            steps=args.steps, agreement=agreement, rows=rows)
 
 
 if __name__ == "__main__":

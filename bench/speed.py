@@ -271,6 +271,20 @@ def main():
     print(f"wrote {output}")
 
 
+def write_jax_results(output, default_name, **fields):
+    """Writes a JAX profiling result: `fields` with the date, device and versions, to `output`
+    or to bench/results/`default_name`; returns the path."""
+    import jax
+
+    output = output or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", default_name)
+    with open(output, "w") as f:
+        json.dump({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                   "device": jax.devices()[0].device_kind, "jax": jax.__version__,
+                   "keras": keras.__version__, **fields}, f, indent=2)
+    print(f"wrote {output}")
+    return output
+
+
 def _devices():
     try:
         return keras.distribution.list_devices()

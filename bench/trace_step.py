@@ -10,7 +10,6 @@ share of the step. Writes the summary as JSON under bench/results/.
 
 import argparse
 import collections
-import datetime
 import glob
 import gzip
 import json
@@ -104,17 +103,11 @@ def main():
     print(f"\n{'kernel':<70}{'ms/step':>9}{'share':>8}")
     for name, d in by_name.most_common(args.top):
         print(f"{name[:68]:<70}{d / args.steps / 1e3:>9.2f}{d / total:>8.1%}")
-    output = args.output or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                         f"trace_{args.size}_{args.model}_jax_{args.dtype}.json")
-    with open(output, "w") as f:
-        json.dump({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                   "device": jax.devices()[0].device_kind, "jax": jax.__version__, "size": args.size,
-                   "model": args.model, "dtype_policy": args.dtype, "steps_traced": args.steps,
-                   "device_ms_per_step": per_step,
-                   "by_kind_ms_per_step": {k: d / args.steps / 1e3 for k, d in by_kind.most_common()},
-                   "top_kernels_ms_per_step": {n: d / args.steps / 1e3 for n, d in by_name.most_common(200)}},
-                  f, indent=2)
-    print(f"wrote {output}")
+    speed.write_jax_results(
+        args.output, f"trace_{args.size}_{args.model}_jax_{args.dtype}.json", size=args.size,
+        model=args.model, dtype_policy=args.dtype, steps_traced=args.steps, device_ms_per_step=per_step,
+        by_kind_ms_per_step={k: d / args.steps / 1e3 for k, d in by_kind.most_common()},
+        top_kernels_ms_per_step={n: d / args.steps / 1e3 for n, d in by_name.most_common(200)})
 
 
 if __name__ == "__main__":
