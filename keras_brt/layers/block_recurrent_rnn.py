@@ -138,19 +138,22 @@ class BlockRecurrentRNN(keras.layers.RNN):
                 "BlockRecurrentRNN does not take Keras masks; pass padding to the "
                 f"backbone instead. Received: mask with shape {mask.shape}"
             )
-        self._set_unroll(self._blocks_shape(tuple(sequences.shape))[1])  # Validates the length.
+        num_blocks = self._blocks_shape(tuple(sequences.shape))[1]  # Validates the length.
+        self._set_unroll(num_blocks)
+        # A static block count keeps N known in TensorFlow graphs whose batch is not.
+        num_blocks = -1 if num_blocks is None else num_blocks
         if self.parallel_token_path and self.return_sequences:
-            outputs, *states = self._parallel_token_path(sequences, initial_state, training)
+            outputs, *states = self._parallel_token_path(sequences, num_blocks, initial_state, training)
             return (outputs, *states) if self.return_state else outputs
         w, dim = self.cell.block_size, sequences.shape[-1]
-        blocks = ops.reshape(sequences, (ops.shape(sequences)[0], -1, w, dim))  # (B, N, W, D)
+        blocks = ops.reshape(sequences, (ops.shape(sequences)[0], num_blocks, w, dim))  # (B, N, W, D)
         results = super().call(blocks, initial_state=initial_state, training=training)
         outputs, states = (results[0], list(results[1:])) if self.return_state else (results, [])
         if self.return_sequences:
             outputs = ops.reshape(outputs, (ops.shape(sequences)[0], -1, dim))  # (B, T, D)
         return (outputs, *states) if self.return_state else outputs
 
-    def _parallel_token_path(self, sequences, initial_state, training):
+    def _parallel_token_path(self, sequences, num_blocks, initial_state, training):
         """The cell over all blocks, with only the state-dependent work in the loop."""
         cell = self.cell
         h, k, w = cell.num_heads, cell.head_dim, cell.block_size
@@ -158,7 +161,7 @@ class BlockRecurrentRNN(keras.layers.RNN):
         if initial_state is None:
             initial_state = cell.get_initial_state(batch)
         state, prev_keys, prev_values = initial_state[:3]
-        blocks = ops.reshape(sequences, (batch, -1, w, dim))  # (B, N, W, D)
+        blocks = ops.reshape(sequences, (batch, num_blocks, w, dim))  # (B, N, W, D)
         masks = None
         if training and cell.dropout > 0:  # One set of token-path masks, shared by every block.
             masks = cell._draw_dropout_masks(blocks[:, 0])
@@ -168,7 +171,7 @@ class BlockRecurrentRNN(keras.layers.RNN):
             x = ops.reshape(ops.reshape(x, ops.shape(blocks)) * masks[0][:, None], ops.shape(x))
         q_self, keys, values, q_cross = split_heads(cell.token_qkv_dense(x), 4, h, k)  # 4 × (B, T, H, K)
         q_self, keys, q_cross = l2_normalize(q_self), l2_normalize(keys), l2_normalize(q_cross)
-        by_block = lambda t: ops.reshape(t, (batch, -1, w, h, k))  # (B, N, W, H, K)
+        by_block = lambda t: ops.reshape(t, (batch, num_blocks, w, h, k))  # (B, N, W, H, K)
         keys, values, q_cross = by_block(keys), by_block(values), by_block(q_cross)
         window_keys = block_windows(prev_keys, keys)  # (B, N, 2W, H, K)
         window_values = block_windows(prev_values, values)  # (B, N, 2W, H, K)
