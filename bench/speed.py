@@ -279,6 +279,7 @@ def write_jax_results(output, default_name, **fields):
     output = output or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", default_name)
     with open(output, "w") as f:
         json.dump({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                   "machine": platform.node(), "backend": "jax",
                    "device": jax.devices()[0].device_kind, "jax": jax.__version__,
                    "keras": keras.__version__, **fields}, f, indent=2)
     print(f"wrote {output}")
