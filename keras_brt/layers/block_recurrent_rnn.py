@@ -33,9 +33,9 @@ class BlockRecurrentRNN(keras.layers.RNN):
     projection and the MLP run over all blocks at once, and each loop step
     computes the state's projections and the state update; the loop hands out
     each block's state keys/values, so the tokens' attention to the state also
-    runs over all blocks at once after it. The result is the cell's, block by block (the tests hold
-    both routes to the same numbers); `False` runs the whole cell per block
-    through `keras.layers.RNN`.
+    runs over all blocks at once after it. The result is the cell's, block by
+    block (the tests hold both routes to the same numbers); `False` runs the
+    whole cell per block through `keras.layers.RNN`.
 
     Args:
         cell: a `BlockRecurrentCell`.
@@ -143,7 +143,9 @@ class BlockRecurrentRNN(keras.layers.RNN):
         # A static block count keeps N known in TensorFlow graphs whose batch is not.
         num_blocks = -1 if num_blocks is None else num_blocks
         if self.parallel_token_path and self.return_sequences:
-            outputs, *states = self._parallel_token_path(sequences, num_blocks, initial_state, training)
+            outputs, *states = self._parallel_token_path(
+                sequences, num_blocks, initial_state, training
+            )
             return (outputs, *states) if self.return_state else outputs
         w, dim = self.cell.block_size, sequences.shape[-1]
         blocks = ops.reshape(sequences, (ops.shape(sequences)[0], num_blocks, w, dim))  # (B, N, W, D)
