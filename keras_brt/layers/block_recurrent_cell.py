@@ -264,7 +264,7 @@ class BlockRecurrentCell(DropoutRNNCell, keras.layers.Layer):
 
     def call(self, inputs, states, training=False):
         state, prev_keys, prev_values = states[:3]
-        h, k, w = self.num_heads, self.head_dim, self.block_size
+        h, k = self.num_heads, self.head_dim
         masks = None
         if training and self.dropout > 0:
             # Masks drawn by the RNN before its loop, or here for a direct call.
@@ -286,15 +286,19 @@ class BlockRecurrentCell(DropoutRNNCell, keras.layers.Layer):
 
         # Vertical direction: tokens read the window (causal, T5 bias) and the
         # old state (no mask, no bias), in parallel; concat, project, residual.
-        window_bias = self.relative_position.contiguous(w, w, 0, 2 * w)  # (H, W, 2W)
         outputs = self._token_outputs(
             inputs, q_self, q_cross, window_keys, window_values, s_keys, s_values,
-            window_bias, ops.convert_to_tensor(self._window_mask), masks, training,
+            self.window_bias(), ops.convert_to_tensor(self._window_mask), masks, training,
         )  # (B, W, D)
         new_state = self._advance(
             state, s_q_self, s_keys, s_values, s_q_cross, window_keys, window_values
         )  # (B, S, D)
         return outputs, [new_state, keys, values]
+
+    def window_bias(self):
+        """The `(H, W, 2W)` relative position bias of one block's window."""
+        w = self.block_size
+        return self.relative_position.contiguous(w, w, 0, 2 * w)
 
     def _state_projections(self, state):
         """Norm, then state IDs (shared weights give each state its own query),

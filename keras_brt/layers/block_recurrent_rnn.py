@@ -4,7 +4,7 @@ import keras
 from keras import ops
 from keras.src import backend
 
-from keras_brt.layers.attention import attend, block_windows, l2_normalize
+from keras_brt.layers.attention import block_windows, l2_normalize
 from keras_brt.layers.block_recurrent_cell import BlockRecurrentCell
 from keras_brt.layers.common import split_heads
 
@@ -174,18 +174,9 @@ class BlockRecurrentRNN(keras.layers.RNN):
         q_self, keys, values, q_cross = split_heads(cell.token_qkv_dense(x), 4, h, k)  # 4 × (B, T, H, K)
         q_self, keys, q_cross = l2_normalize(q_self), l2_normalize(keys), l2_normalize(q_cross)
         by_block = lambda t: ops.reshape(t, (batch, num_blocks, w, h, k))  # (B, N, W, H, K)
-        keys, values, q_cross = by_block(keys), by_block(values), by_block(q_cross)
+        keys, values = by_block(keys), by_block(values)
         window_keys = block_windows(prev_keys, keys)  # (B, N, 2W, H, K)
         window_values = block_windows(prev_values, values)  # (B, N, 2W, H, K)
-        token_self = attend(
-            ops.reshape(q_self, (-1, w, h, k)),  # (B*N, W, H, K)
-            ops.reshape(window_keys, (-1, 2 * w, h, k)),  # (B*N, 2W, H, K)
-            ops.reshape(window_values, (-1, 2 * w, h, k)),
-            cell.token_self_scale,
-            bias=cell.relative_position.contiguous(w, w, 0, 2 * w),  # (H, W, 2W)
-            mask=ops.convert_to_tensor(cell._window_mask),
-            dropout_mask=None if masks is None else masks[2],
-        )  # (B*N, W, H, K)
 
         def step(block, states):
             (state,) = states  # (B, S, D)
@@ -207,28 +198,28 @@ class BlockRecurrentRNN(keras.layers.RNN):
             unroll=self.unroll,
             input_length=None if sequences.shape[1] is None else sequences.shape[1] // w,
         )  # (B, N, 2S, H, K), (B, S, D)
+
+        # The cell's token path, every block at once: block n is row b*N + n.
         s = cell.num_state_vectors
         state_kv = ops.reshape(state_kv, (-1, 2 * s, h, k))  # (B*N, 2S, H, K)
-        token_cross = attend(
-            ops.reshape(q_cross, (-1, w, h, k)),  # (B*N, W, H, K)
+        flat = lambda t, length: ops.reshape(t, (-1, length, h, k))  # (B*N, length, H, K)
+        if masks is not None:  # The block's MLP mask, tiled over blocks.
+            masks = (masks[0], ops.reshape(ops.broadcast_to(masks[1][:, None], ops.shape(blocks)),
+                                           (-1, w, dim)), masks[2])
+        outputs = cell._token_outputs(
+            ops.reshape(sequences, (-1, w, dim)),  # (B*N, W, D)
+            flat(q_self, w),
+            flat(q_cross, w),
+            flat(window_keys, 2 * w),
+            flat(window_values, 2 * w),
             state_kv[:, :s],  # (B*N, S, H, K): block n reads the state before its update
             state_kv[:, s:],
-            cell.token_cross_scale,
-        )  # (B*N, W, H, K)
-        token_heads = ops.concatenate([
-            ops.reshape(token_self, (batch, -1, h, k)),  # (B, T, H, K)
-            ops.reshape(token_cross, (batch, -1, h, k)),  # (B, T, H, K)
-        ], axis=2)  # (B, T, 2H, K)
-        outputs = sequences + cell.token_output_dense(
-            ops.reshape(token_heads, (batch, -1, 2 * h * k))
-        )  # (B, T, D)
-        mlp_mask = None
-        if masks is not None:
-            mlp_mask = ops.reshape(
-                ops.broadcast_to(masks[1][:, None], ops.shape(blocks)), ops.shape(sequences)
-            )  # (B, T, D): the block mask tiled over blocks
-        outputs = outputs + cell.feed_forward(outputs, training=training, dropout_mask=mlp_mask)
-        return outputs, state, keys[:, -1], values[:, -1]
+            cell.window_bias(),
+            ops.convert_to_tensor(cell._window_mask),
+            masks,
+            training,
+        )  # (B*N, W, D)
+        return ops.reshape(outputs, ops.shape(sequences)), state, keys[:, -1], values[:, -1]
 
     def compute_output_shape(self, sequences_shape, initial_state_shape=None):
         batch, _, dim = sequences_shape

@@ -47,4 +47,4 @@ class TokenCrossEntropy(keras.losses.Loss):
         return ops.where(valid, loss, float("nan"))
 
     def get_config(self):
-        return {"name": self.name, "reduction": self.reduction, "dtype": self.dtype}
+        return {**super().get_config(), "dtype": self.dtype}
