@@ -89,8 +89,7 @@ def parts(size, dtype, steps):
     kernel = jnp.asarray(rng.standard_normal((d, 4 * d)), compute)
     add("matmul", "-", lambda x, kernel: x @ kernel, (x, kernel), 2 * b * t * d * 4 * d)
 
-    config = {key: value for key, value in s.items()
-              if key not in ("recurrent_index", "segment_length", "batch_size")}
+    config = speed.backbone_config(size)
     backbone = keras_brt.models.BlockRecurrentTransformerBackbone(
         **config, recurrent_layers=(s["recurrent_index"],), dtype=dtype)
     lm = keras_brt.models.BlockRecurrentTransformerCausalLM(backbone)

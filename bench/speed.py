@@ -47,6 +47,12 @@ SIZES = {
 }
 
 
+def backbone_config(size):
+    """The backbone arguments of a size (SIZES also holds the run's T, batch and recurrent index)."""
+    return {k: v for k, v in SIZES[size].items()
+            if k not in ("recurrent_index", "segment_length", "batch_size")}
+
+
 def variants(size):
     """(label, backbone overrides, segment length, batch) with equal tokens per step."""
     s = SIZES[size]
@@ -77,8 +83,7 @@ def model_flops_per_token(backbone, segment_length):
 
 
 def measure(size, label, overrides, segment_length, batch, steps, warmup, dtype, timing):
-    config = {k: v for k, v in SIZES[size].items()
-              if k not in ("recurrent_index", "segment_length", "batch_size")}
+    config = backbone_config(size)
     overrides = dict(overrides)
     parallel = overrides.pop("parallel_token_path", True)
     unroll = overrides.pop("unroll", None)
@@ -130,10 +135,9 @@ def measure(size, label, overrides, segment_length, batch, steps, warmup, dtype,
 def growth(size, dtype, chunk, totals, batch):
     """Inference time per token and memory over `totals` tokens per lane, in `chunk`-token
     calls that carry the state (Rec:fixed:skip). Each total runs in the same compiled call."""
-    s = SIZES[size]
-    config = {k: v for k, v in s.items() if k not in ("recurrent_index", "segment_length", "batch_size")}
+    config = backbone_config(size)
     backbone = keras_brt.models.BlockRecurrentTransformerBackbone(
-        **config, recurrent_layers=(s["recurrent_index"],), dtype=dtype)
+        **config, recurrent_layers=(SIZES[size]["recurrent_index"],), dtype=dtype)
     lm = keras_brt.models.BlockRecurrentTransformerCausalLM(backbone)
     lm.build()
     from keras_brt.models.compiling import compile_function

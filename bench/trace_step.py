@@ -69,7 +69,7 @@ def main():
     args = parser.parse_args()
 
     s = speed.SIZES[args.size]
-    config = {k: v for k, v in s.items() if k not in ("recurrent_index", "segment_length", "batch_size")}
+    config = speed.backbone_config(args.size)
     recurrent = (s["recurrent_index"],) if args.model == "rec" else ()
     backbone = keras_brt.models.BlockRecurrentTransformerBackbone(
         **config, recurrent_layers=recurrent, dtype=args.dtype)
