@@ -67,7 +67,7 @@ def layer_grad(layer, *inputs):
     return jax.grad(loss, argnums=(0, 1)), (trainable,) + inputs
 
 
-def parts(size, dtype, steps):
+def parts(size, dtype, steps, only=None):
     s = speed.SIZES[size]
     b, t, d, w = s["batch_size"], s["segment_length"], s["hidden_dim"], s["block_size"]
     h, k, v = s["num_heads"], s["head_dim"], s["vocabulary_size"]
@@ -77,6 +77,8 @@ def parts(size, dtype, steps):
     rows = []
 
     def add(name, variant, fn, args, flops=None):
+        if only and name not in only:
+            return
         seconds, fused = timed(fn, args, steps)
         row = {"part": name, "variant": variant, "ms": seconds * 1e3, "cudnn_attention": fused}
         if flops:
@@ -104,6 +106,9 @@ def parts(size, dtype, steps):
         return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, ids[..., None], -1)[..., 0])
 
     add("head", "-", jax.grad(head, argnums=(0, 1)), (table, hidden, ids), 6 * b * t * d * v)
+    for variant, fn in head_variants(d).items():
+        add("head+accuracy", variant, jax.grad(fn, argnums=(0, 1), has_aux=True), (table, hidden, ids),
+            6 * b * t * d * v)
 
     slide = next(layer for i, layer in enumerate(backbone.transformer_layers)
                  if i not in backbone.recurrent_layer_indices)
@@ -169,6 +174,34 @@ def parts(size, dtype, steps):
             print(f"{variant} FAILED: {rows[-1]['error']}", flush=True)
     keras.config.enable_flash_attention()
     return rows
+
+
+def head_variants(d):
+    """Output layer + cross-entropy + top-1 accuracy, written several ways (loss, accuracy)."""
+
+    def loss_and_accuracy(logits, ids, accuracy):
+        picked = jnp.take_along_axis(logits, ids[..., None], -1)[..., 0]
+        loss = jnp.mean(jax.nn.logsumexp(logits, -1) - picked)
+        if accuracy == "argmax":
+            correct = jnp.argmax(logits, -1) == ids
+        else:  # the target's logit is the largest one (shares the max with logsumexp)
+            correct = picked >= jnp.max(logits, -1)
+        return loss, jnp.mean(correct.astype(jnp.float32))
+
+    def scaled_after(accuracy):
+        def head(table, hidden, ids):
+            logits = (hidden @ table.astype(hidden.dtype).T).astype(jnp.float32) / np.sqrt(d)
+            return loss_and_accuracy(logits, ids, accuracy)
+        return head
+
+    def scaled_before(accuracy):
+        def head(table, hidden, ids):
+            logits = ((hidden / np.sqrt(d)).astype(hidden.dtype) @ table.astype(hidden.dtype).T).astype(jnp.float32)
+            return loss_and_accuracy(logits, ids, accuracy)
+        return head
+
+    return {"after+argmax": scaled_after("argmax"), "after+max": scaled_after("max"),
+            "before+argmax": scaled_before("argmax"), "before+max": scaled_before("max")}
 
 
 def split_attend(q, keys, values, scale, bias, mask, splits):
@@ -238,11 +271,12 @@ def main():
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--output", default=None)
+    parser.add_argument("--parts", default=None, help="comma-separated parts to time (default: all)")
     args = parser.parse_args()
     keras.config.set_dtype_policy(args.dtype)
     agreement = check_equal(args.size, args.dtype)
     keras.config.set_dtype_policy("float32")
-    rows = parts(args.size, args.dtype, args.steps)
+    rows = parts(args.size, args.dtype, args.steps, args.parts and args.parts.split(","))
     print(f"\nbackend=jax ({jax.devices()[0].device_kind}) dtype={args.dtype} size={args.size}, "
           f"forward+backward, median of {args.steps}")
     by = {(r["part"], r["variant"]): r for r in rows if "ms" in r}

@@ -14,6 +14,7 @@ import glob
 import gzip
 import json
 import os
+import re
 import sys
 import tempfile
 
@@ -58,6 +59,22 @@ def device_events(trace_dir):
             if e.get("ph") == "X" and e.get("pid") in gpu and "dur" in e], processes
 
 
+def hlo_sources(dump_dir):
+    """{kernel name: JAX op name} from XLA's optimised HLO dump (XLA_FLAGS=--xla_dump_to=DIR
+    --xla_dump_hlo_as_text): each fusion's metadata names the operation it came from."""
+    paths = sorted(glob.glob(os.path.join(dump_dir, "*train*after_optimizations.txt")), key=os.path.getsize)
+    if not paths:
+        return {}
+    sources = {}
+    pattern = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = .*?(?:fusion|custom-call)\(.*?op_name="([^"]+)"')
+    with open(paths[-1]) as f:  # the largest: the training step
+        for line in f:
+            match = pattern.match(line)
+            if match:
+                sources[match.group(1).replace(".", "_").replace("-", "_")] = match.group(2)
+    return sources
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(speed.SIZES), default="cpu")
@@ -66,6 +83,9 @@ def main():
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--output", default=None)
+    parser.add_argument("--hlo", default=None,
+                        help="XLA's dump directory (XLA_FLAGS=--xla_dump_to=DIR --xla_dump_hlo_as_text): "
+                             "name the JAX operation behind each kernel")
     args = parser.parse_args()
 
     s = speed.SIZES[args.size]
@@ -101,13 +121,17 @@ def main():
     for k, d in by_kind.most_common():
         print(f"{k:<18}{d / args.steps / 1e3:>9.2f}{d / total:>8.1%}")
     print(f"\n{'kernel':<70}{'ms/step':>9}{'share':>8}")
+    sources = hlo_sources(args.hlo) if args.hlo else {}
     for name, d in by_name.most_common(args.top):
         print(f"{name[:68]:<70}{d / args.steps / 1e3:>9.2f}{d / total:>8.1%}")
+        if name in sources:
+            print(f"    from {sources[name][-150:]}")
     speed.write_jax_results(
         args.output, f"trace_{args.size}_{args.model}_jax_{args.dtype}.json", size=args.size,
         model=args.model, dtype_policy=args.dtype, steps_traced=args.steps, device_ms_per_step=per_step,
         by_kind_ms_per_step={k: d / args.steps / 1e3 for k, d in by_kind.most_common()},
-        top_kernels_ms_per_step={n: d / args.steps / 1e3 for n, d in by_name.most_common(200)})
+        top_kernels_ms_per_step={n: d / args.steps / 1e3 for n, d in by_name.most_common(200)},
+        kernel_sources={n: sources[n] for n, _ in by_name.most_common(200) if n in sources})
 
 
 if __name__ == "__main__":

@@ -46,6 +46,62 @@ def test_bits_per_token_is_weighted_cross_entropy_in_bits():
     np.testing.assert_allclose(float(metric.result()), (nats * w).sum() / w.sum() / math.log(2), rtol=1e-5)
 
 
+def test_bits_per_token_gives_nan_for_a_target_outside_the_vocabulary():
+    logits = np.zeros((1, 3, 7), "float32")
+    metric = training.BitsPerToken()
+    metric.update_state(np.array([[1, 7, 2]]), logits)  # Keras's one-hot would make 7 a zero loss
+    assert np.isnan(float(metric.result()))
+
+
+def test_token_cross_entropy_gradient_is_softmax_minus_one_hot():
+    """The target's logit is picked by a select, not a gather: its gradient must still be
+    softmax(logits) - one_hot(target), per token."""
+    from keras_brt.models.losses import token_cross_entropy
+
+    rng = np.random.default_rng(3)
+    logits = (2 * rng.normal(size=(2, 4, 9))).astype("float32")
+    targets = rng.integers(0, 9, (2, 4)).astype("int32")
+    weights = rng.random((2, 4)).astype("float32")
+    if keras.backend.backend() == "jax":
+        import jax
+
+        grad = np.asarray(jax.grad(lambda x: (token_cross_entropy(targets, x) * weights).sum())(logits))
+    else:
+        import tensorflow as tf
+
+        x = tf.constant(logits)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(token_cross_entropy(targets, x) * weights)
+        grad = tape.gradient(loss, x).numpy()
+    softmax = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    expected = (softmax - np.eye(9)[targets]) * weights[..., None]
+    np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_token_accuracy_equals_keras_accuracy_and_counts_ties_and_bad_targets():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(3, 6, 11)).astype("float32")
+    y = rng.integers(0, 11, (3, 6))
+    y[0, :3] = np.argmax(logits[0, :3], -1)  # some right answers
+    w = (rng.random((3, 6)) > 0.3).astype("float32")
+    ours, theirs = training.TokenAccuracy(), keras.metrics.SparseCategoricalAccuracy()
+    ours.update_state(y, logits, sample_weight=w)
+    theirs.update_state(y, logits, sample_weight=w)
+    assert float(theirs.result()) > 0
+    np.testing.assert_allclose(float(ours.result()), float(theirs.result()), rtol=1e-6)
+    tied = np.zeros((1, 3, 5), "float32")
+    tied[0, :, 2:4] = 1.0  # ids 2 and 3 share the largest logit
+    metric = training.TokenAccuracy()
+    metric.update_state(np.array([[3, 1, 5]]), tied)  # the tie counts; 1 is wrong; 5 is not an id
+    np.testing.assert_allclose(float(metric.result()), 1 / 3, rtol=1e-6)
+    restored = keras.metrics.deserialize(keras.metrics.serialize(ours))
+    assert isinstance(restored, training.TokenAccuracy) and restored.name == "accuracy"
+    lm = make_lm()
+    lm.compile()
+    assert lm.get_compile_config()["weighted_metrics"][0]["registered_name"] == "keras_brt>TokenAccuracy"
+
+
 def test_evaluation_with_the_state_cleared_resets_only_the_recurrent_state():
     lm = make_lm()
     ids = token_ids(length=4 * W)

@@ -405,7 +405,7 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
 
         `"auto"` gives AdamW (learning rate 1e-3), `TokenCrossEntropy` (sparse
         cross-entropy on the float32 logits) and weighted token accuracy
-        (weights mask padding).
+        (`keras_brt.training.TokenAccuracy`; weights mask padding).
         `sampler` is `generate()`'s default (a name or a Sampler); compiling
         again drops the compiled generate functions.
 
@@ -419,7 +419,9 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
         if loss == "auto":
             loss = TokenCrossEntropy()
         if weighted_metrics == "auto":
-            weighted_metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+            from keras_brt.training.metrics import TokenAccuracy  # training imports models
+
+            weighted_metrics = [TokenAccuracy()]
         self.__dict__["sampler"] = get_sampler(sampler)
         self.__dict__["_generate_functions"] = {}
         self.replica_jit_compile = jit_compile is True and replicas.multi_replica_strategy()
@@ -498,7 +500,10 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
 
     def compile_from_config(self, config):
         """Re-compiles a loaded model with the optimizer, loss and metrics it was saved with."""
-        self.compile(**keras.saving.deserialize_keras_object(config))
+        from keras_brt.training.metrics import BitsPerToken, TokenAccuracy  # training imports models
+
+        objects = {"keras_brt>BitsPerToken": BitsPerToken, "keras_brt>TokenAccuracy": TokenAccuracy}
+        self.compile(**keras.saving.deserialize_keras_object(config, custom_objects=objects))
         if self.built:
             self.optimizer.build(self.trainable_variables)
 

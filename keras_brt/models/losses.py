@@ -4,16 +4,60 @@ import keras
 from keras import ops
 
 
+def target_logits(y_true, logits):
+    """The target's logit of every token, and whether the target is an id in `[0, V)`.
+
+    Picked by comparing the vocabulary index with the target (a select and a
+    sum) rather than by a gather, so that under XLA the gradient with respect to
+    the logits is one elementwise pass (softmax minus the selected entry)
+    instead of a float32 copy of the logits plus a scatter. The targets go
+    through float32 first, as `keras.losses.Loss` converts them (exact for ids
+    below 2**24): the loss and the metrics then build the same computation and
+    XLA runs it once per step.
+
+    Args:
+        y_true: `(B, T)` target ids.
+        logits: `(B, T, V)` float32 logits.
+
+    Returns:
+        `(picked, valid)`: float32 `(B, T)` and bool `(B, T)`.
+    """
+    vocabulary = logits.shape[-1]
+    target = ops.cast(ops.cast(y_true, "float32"), "int32")  # (B, T)
+    valid = ops.logical_and(target >= 0, target < vocabulary)  # (B, T)
+    is_target = ops.equal(ops.arange(vocabulary, dtype="int32"), target[..., None])  # (B, T, V)
+    picked = ops.sum(ops.where(is_target, logits, 0.0), axis=-1)  # (B, T)
+    return picked, valid
+
+
+def token_cross_entropy(y_true, logits):
+    """Per-token cross-entropy in nats, `logsumexp(logits) - logits[target]`, in float32.
+
+    Targets outside `[0, V)` give NaN. The loss and `BitsPerToken` both call it.
+
+    Args:
+        y_true: `(B, T)` target ids.
+        logits: `(B, T, V)` logits.
+
+    Returns:
+        float32 `(B, T)` nats.
+    """
+    logits = ops.cast(logits, "float32")  # (B, T, V)
+    picked, valid = target_logits(y_true, logits)  # (B, T)
+    loss = ops.logsumexp(logits, axis=-1) - picked  # (B, T)
+    return ops.where(valid, loss, float("nan"))
+
+
 @keras.saving.register_keras_serializable(package="keras_brt")
 class TokenCrossEntropy(keras.losses.Loss):
     """Cross-entropy of integer targets under float32 logits, in two reductions.
 
-    `logsumexp(logits) - logits[target]` per token: the same values as
-    `keras.losses.SparseCategoricalCrossentropy(from_logits=True)`, without the
-    `(B, T, V)` log-probabilities and one-hot targets that Keras's JAX version
-    materialises (two 4 GiB float32 tensors per step at the paper's vocabulary
-    and batch). Targets outside `[0, V)` give NaN rather than a silently wrong
-    loss.
+    `logsumexp(logits) - logits[target]` per token (`token_cross_entropy`): the
+    same values as `keras.losses.SparseCategoricalCrossentropy(from_logits=True)`,
+    without the `(B, T, V)` log-probabilities and one-hot targets that Keras's
+    JAX version materialises (two 4 GiB float32 tensors per step at the paper's
+    vocabulary and batch). Targets outside `[0, V)` give NaN rather than a
+    silently wrong loss.
 
     Args:
         reduction: how to reduce the per-token losses (Keras's reductions).
@@ -36,15 +80,7 @@ class TokenCrossEntropy(keras.losses.Loss):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
 
     def call(self, y_true, y_pred):
-        logits = ops.cast(y_pred, "float32")  # (B, T, V)
-        vocabulary = logits.shape[-1]
-        target = ops.cast(y_true, "int32")  # (B, T)
-        valid = ops.logical_and(target >= 0, target < vocabulary)  # (B, T)
-        picked = ops.take_along_axis(
-            logits, ops.expand_dims(ops.where(valid, target, 0), -1), axis=-1
-        )[..., 0]  # (B, T)
-        loss = ops.logsumexp(logits, axis=-1) - picked  # (B, T)
-        return ops.where(valid, loss, float("nan"))
+        return token_cross_entropy(y_true, y_pred)
 
     def get_config(self):
         return {**super().get_config(), "dtype": self.dtype}

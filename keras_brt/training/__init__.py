@@ -1,7 +1,7 @@
 """Training utilities: metrics, optimizers, held-out evaluation, run directories."""
 
 from keras_brt.training.evaluation import evaluate_bits_per_token, make_eval_step
-from keras_brt.training.metrics import BitsPerToken
+from keras_brt.training.metrics import BitsPerToken, TokenAccuracy
 from keras_brt.training.optimizers import InverseSquareRootDecay, make_optimizer
 from keras_brt.training.runs import RunCheckpoint, load_checkpoint, load_tokenizer
 
@@ -9,6 +9,7 @@ __all__ = [
     "BitsPerToken",
     "InverseSquareRootDecay",
     "RunCheckpoint",
+    "TokenAccuracy",
     "evaluate_bits_per_token",
     "load_checkpoint",
     "load_tokenizer",

@@ -2,11 +2,11 @@
 
 import math
 
-import keras
 import numpy as np
 from keras import ops
 
 from keras_brt.models.compiling import compile_function  # noqa: F401 (re-exported)
+from keras_brt.models.losses import token_cross_entropy
 
 POSITION_BUCKET = 64  # tokens per point of the loss-by-position curve
 
@@ -29,7 +29,7 @@ def make_eval_step(lm):
         logits, new_state = lm.call_with_state(
             x["token_ids"], state, x["start_of_sequence"], x["padding_mask"]
         )
-        nats = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+        nats = token_cross_entropy(y, logits)
         return ops.where(weights > 0, nats, 0.0), new_state
 
     return compile_function(lm, step)

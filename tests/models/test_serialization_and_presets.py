@@ -44,6 +44,27 @@ def test_keras_file_round_trip_gives_identical_outputs(tmp_path):
         np.testing.assert_array_equal(np.asarray(sa[name]), np.asarray(sb[name]))
 
 
+@tensorflow_pass_only  # a fresh process; the backend does not matter
+def test_compiled_model_loads_with_its_metrics_in_a_fresh_process(tmp_path):
+    """The default metric and BitsPerToken are keras_brt objects: loading a compiled .keras
+    file must find them even when only `keras_brt` (not keras_brt.training) is imported."""
+    lm = make_lm()
+    lm.compile()
+    lm.build({"token_ids": (2, 2 * W)})
+    path = str(tmp_path / "lm.keras")
+    lm.save(path)
+    script = textwrap.dedent(
+        f"""
+        import keras, keras_brt
+        lm = keras.saving.load_model(r"{path}")
+        names = [m["registered_name"] for m in lm.get_compile_config()["weighted_metrics"]]
+        assert names == ["keras_brt>TokenAccuracy"], names
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, cwd=ROOT)
+
+
 def test_mixed_bfloat16_keeps_float32_variables_and_logits():
     ids = token_ids(length=3 * W)
     full = make_lm()
