@@ -1,8 +1,9 @@
 """Small-scale quality: does the ordering of the paper's Table 1 hold? One run, one table.
 
 Trains Rec:fixed:skip, Slide and XL for the same number of training tokens on the
-built-in code corpus (this Python's standard library; or a local PG19 with
---data pg19 --data-dir DIR), then reports held-out bits per token with the state
+built-in code corpus (this Python's standard library, one document per file, or with
+--data stdlib-directories each directory's files joined into long documents; or a local
+PG19 with --data pg19 --data-dir DIR), then reports held-out bits per token with the state
 carried from segment to segment and with it cleared at every segment, and the recall
 accuracy on the synthetic long-range task of the test suite (a payload 40 tokens back,
 beyond the stacked windows). Writes a PNG of the learning curves and a JSON under
@@ -63,6 +64,43 @@ def byte_lanes(source, batch, segment_length, repeat=False, seed=0, documents=No
                 return
 
     return lane_batches(token_documents(), batch, segment_length, bos_id=1)
+
+
+def stdlib_directories(split, held_out_fraction=0.05, max_bytes=128 * 1024):
+    """The standard library with each directory's .py files, in name order, joined into
+    documents of up to `max_bytes` (whole files; a longer file stands alone): documents of
+    dozens of segments in which later files use what earlier ones defined. Split by a hash
+    of each document's first file, as stdlib_source splits by file."""
+    import hashlib
+
+    from keras_brt.data import IterableSource
+
+    source = stdlib_source(split=None)
+    directories = {}
+    for path in source.files:
+        directories.setdefault(os.path.dirname(path), []).append(path)
+
+    def held_out(path):
+        digest = hashlib.sha1(os.path.relpath(path, source.path).encode("utf-8")).digest()
+        return int.from_bytes(digest[:4], "big") / 2**32 < held_out_fraction
+
+    def documents():
+        for directory in sorted(directories):
+            chunks, parts, size = [], [], 0
+            for path in directories[directory]:
+                with open(path, "rb") as f:
+                    text = f.read().decode("utf-8", errors="replace")
+                if parts and size + len(text) > max_bytes:
+                    chunks.append(parts)
+                    parts, size = [], 0
+                parts.append((path, text))
+                size += len(text)
+            chunks.append(parts)
+            for parts in chunks:
+                if parts and held_out(parts[0][0]) == (split == "test"):
+                    yield "\n".join(text for _, text in parts)
+
+    return IterableSource(documents, name=f"stdlib-directories:{split}")
 
 
 def make_model(model, dtype):
@@ -133,7 +171,9 @@ def main():
     parser.add_argument("--dtype", default="float32", help="dtype policy, e.g. mixed_bfloat16")
     parser.add_argument("--pipeline", choices=("tf", "numpy"), default=None,
                         help="default: tf where TensorFlow is installed, else numpy")
-    parser.add_argument("--data", default="stdlib")
+    parser.add_argument("--data", default="stdlib",
+                        help="stdlib (one document per file), stdlib-directories (a directory's files "
+                             "joined into documents of up to 128 KiB), or a name for keras-brt's --data")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--eval-documents", type=int, default=16)
     parser.add_argument("--output", default=None)
@@ -143,6 +183,8 @@ def main():
 
     if args.data == "stdlib":
         train_source, test_source = stdlib_source("train"), stdlib_source("test")
+    elif args.data == "stdlib-directories":
+        train_source, test_source = stdlib_directories("train"), stdlib_directories("test")
     else:
         from keras_brt import cli
 

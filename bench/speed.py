@@ -82,7 +82,7 @@ def model_flops_per_token(backbone, segment_length):
     return 6 * params + 6 * d * v + attention
 
 
-def measure(size, label, overrides, segment_length, batch, steps, warmup, dtype, timing):
+def measure(size, label, overrides, segment_length, batch, steps, warmup, dtype, timing, fit_steps):
     config = backbone_config(size)
     overrides = dict(overrides)
     parallel = overrides.pop("parallel_token_path", True)
@@ -115,12 +115,13 @@ def measure(size, label, overrides, segment_length, batch, steps, warmup, dtype,
         if timing == "fit":
             # The same step through fit(), which dispatches steps back to back so that the
             # host's per-step work overlaps the device's (train_on_batch waits for each step).
-            xs = {k: np.concatenate([v] * steps) for k, v in x.items()}
-            ys = np.concatenate([ids] * steps)
-            lm.fit(xs, ys, batch_size=batch, epochs=1, verbose=0, shuffle=False)  # warm-up
+            xs = {k: np.concatenate([v] * fit_steps) for k, v in x.items()}
+            ys = np.concatenate([ids] * fit_steps)
+            lm.fit({k: v[:2 * batch] for k, v in xs.items()}, ys[:2 * batch], batch_size=batch,
+                   epochs=1, verbose=0, shuffle=False)  # warm-up
             start = time.perf_counter()
             history = lm.fit(xs, ys, batch_size=batch, epochs=1, verbose=0, shuffle=False)
-            fit_step = (time.perf_counter() - start) / steps
+            fit_step = (time.perf_counter() - start) / fit_steps
             losses.append(float(history.history["loss"][-1]))
     except Exception as error:  # e.g. out of device memory: reported, never timed.
         return {**row, "error": f"{type(error).__name__}: {str(error)[:300]}"}
@@ -176,7 +177,9 @@ def _device_peak_bytes():
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="cpu")
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=5, help="synchronous train_on_batch steps")
+    parser.add_argument("--fit-steps", type=int, default=20,
+                        help="steps in the timed fit() (its first dispatch and last wait are spread over them)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--dtype", default="float32", help="dtype policy, e.g. mixed_bfloat16")
     parser.add_argument("--peak-tflops", type=float, default=None,
@@ -200,7 +203,8 @@ def main():
     for label, overrides, t, b in variants(args.size):
         if args.only and label not in args.only.split(","):
             continue
-        rows.append(measure(args.size, label, overrides, t, b, args.steps, args.warmup, args.dtype, timing))
+        rows.append(measure(args.size, label, overrides, t, b, args.steps, args.warmup, args.dtype, timing,
+                            args.fit_steps))
         done = rows[-1]
         print(f"measured {label}: " + (f"{done['step_seconds'] * 1e3:.1f} ms/step" if "error" not in done
                                          else f"FAILED ({done['error'][:120]})"), flush=True)
@@ -209,7 +213,7 @@ def main():
     reference = next((r for r in valid if r["model"] == f"Slide:{SIZES[args.size]['num_layers'] + 1}"),
                      valid[0] if valid else None)
     print(f"\nbackend={keras.backend.backend()} dtype={args.dtype} size={args.size} jit_compile=True "
-          f"attention={args.attention}; fit ms: {args.steps} steps through fit() after a warm-up fit; "
+          f"attention={args.attention}; fit ms: {args.fit_steps} steps through fit() after a warm-up fit; "
           f"sync ms: median of {args.steps} train_on_batch calls (each waits for its step); "
           f"tokens/s, ratios and MFU from the {timing} time")
     header = f"{'model':<16}{'T':>6}{'B':>5}{'fit ms':>10}{'sync ms':>9}{'tokens/s':>12}"
@@ -270,6 +274,7 @@ def main():
             "devices": [str(d) for d in _devices()], "backend": keras.backend.backend(),
             "keras": keras.__version__, "dtype_policy": args.dtype, "size": args.size,
             "config": SIZES[args.size], "attention": args.attention, "timing": timing, "jit_compile": True, "steps": args.steps,
+            "fit_steps": args.fit_steps if timing == "fit" else None,
             "warmup": args.warmup, "rows": rows, "growth": growth_rows, "checks": checks,
         }, f, indent=2)
     print(f"wrote {output}")
