@@ -136,7 +136,26 @@ def evaluate(lm, test_source, batch, segment_length, documents):
         lanes = byte_lanes(test_source, batch, segment_length, documents=documents)
         result = evaluate_bits_per_token(lm, lanes, clear_state=clear, step=step)
         report[mode], report["tokens"] = result["bits_per_token"], result["tokens"]
+        report[mode + "_by_position"] = by_position_ranges(result)
     return report
+
+
+POSITION_RANGES = (0, 2048, 8192, 32768)  # token positions inside a document
+
+
+def by_position_ranges(result):
+    """{"[start, end)": bits per token} over POSITION_RANGES of positions inside documents,
+    from evaluate_bits_per_token's per-bucket curve."""
+    bits, tokens = np.nan_to_num(result["loss_by_position"]), result["tokens_by_position"]
+    starts = np.arange(len(tokens)) * result["position_bucket"]
+    ranges = {}
+    for low, high in zip(POSITION_RANGES, POSITION_RANGES[1:] + (None,)):
+        inside = (starts >= low) & (starts < high if high else True)
+        if tokens[inside].sum():
+            name = f"[{low}, {high if high else 'end'})"
+            ranges[name] = {"bits_per_token": float((bits * tokens)[inside].sum() / tokens[inside].sum()),
+                            "tokens": int(tokens[inside].sum())}
+    return ranges
 
 
 def recall_accuracy():
@@ -207,6 +226,14 @@ def main():
     for r in rows:
         print(f"{r['model']:<16}{r['bits_per_token']:>20.4f}{r['bits_per_token_state_cleared']:>10.4f}"
               f"{r['final_train_loss'] / np.log(2):>12.4f}")
+    print("\nheld-out bits/token by position inside the documents (state carried / cleared)")
+    names = list(rows[0]["bits_per_token_by_position"])
+    print(f"{'model':<16}" + "".join(f"{name:>22}" for name in names))
+    for r in rows:
+        carried, cleared = r["bits_per_token_by_position"], r["bits_per_token_state_cleared_by_position"]
+        print(f"{r['model']:<16}" + "".join(
+            f"{carried[n]['bits_per_token']:>13.4f} / {cleared[n]['bits_per_token']:.4f}" for n in names))
+    print(f"{'tokens':<16}" + "".join(f"{rows[0]['bits_per_token_by_position'][n]['tokens']:>22}" for n in names))
     print("recall accuracy (chance 0.125): " + ", ".join(f"{k} {v:.3f}" for k, v in recall.items()))
 
     results = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
