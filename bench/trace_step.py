@@ -55,8 +55,23 @@ def device_events(trace_dir):
     processes = {e["pid"]: e["args"]["name"] for e in events
                  if e.get("ph") == "M" and e.get("name") == "process_name"}
     gpu = {pid for pid, name in processes.items() if "gpu" in name.lower() or "device" in name.lower()}
-    return [(e["name"], float(e["dur"])) for e in events
+    return [(e["name"], float(e["dur"]), float(e["ts"]), (e["pid"], e.get("tid"))) for e in events
             if e.get("ph") == "X" and e.get("pid") in gpu and "dur" in e], processes
+
+
+def idle_between_kernels(events, longest=1000.0):
+    """Microseconds the device streams sit idle between consecutive kernels, counting only
+    gaps shorter than `longest` (inside a step; longer ones are the host between steps)."""
+    idle, streams = 0.0, collections.defaultdict(list)
+    for _, duration, start, stream in events:
+        streams[stream].append((start, duration))
+    for spans in streams.values():
+        spans.sort()
+        for (start, duration), (next_start, _) in zip(spans, spans[1:]):
+            gap = next_start - (start + duration)
+            if 0 < gap < longest:
+                idle += gap
+    return idle
 
 
 def hlo_sources(dump_dir):
@@ -107,9 +122,10 @@ def main():
     events, processes = device_events(trace_dir)
     if not events:
         raise RuntimeError(f"no device events in the trace; processes: {sorted(processes.values())}")
-    total = sum(d for _, d in events)
+    total = sum(e[1] for e in events)
+    idle = idle_between_kernels(events)
     by_name = collections.Counter()
-    for name, d in events:
+    for name, d, _, _ in events:
         by_name[name] += d
     by_kind = collections.Counter()
     for name, d in by_name.items():
@@ -117,6 +133,8 @@ def main():
     per_step = total / args.steps / 1e3
     print(f"\nbackend=jax ({jax.devices()[0].device_kind}) dtype={args.dtype} size={args.size} "
           f"model={args.model}: device busy {per_step:.1f} ms per step ({args.steps} steps traced)")
+    print(f"{len(events) / args.steps:.0f} kernels per step; device idle between them (gaps under 1 ms): "
+          f"{idle / args.steps / 1e3:.2f} ms per step")
     print(f"{'kind':<18}{'ms/step':>9}{'share':>8}")
     for k, d in by_kind.most_common():
         print(f"{k:<18}{d / args.steps / 1e3:>9.2f}{d / total:>8.1%}")
@@ -129,6 +147,8 @@ def main():
     speed.write_jax_results(
         args.output, f"trace_{args.size}_{args.model}_jax_{args.dtype}.json", size=args.size,
         model=args.model, dtype_policy=args.dtype, steps_traced=args.steps, device_ms_per_step=per_step,
+        kernels_per_step=len(events) / args.steps, idle_ms_per_step=idle / args.steps / 1e3,
+        xla_flags=os.environ.get("XLA_FLAGS", ""),
         by_kind_ms_per_step={k: d / args.steps / 1e3 for k, d in by_kind.most_common()},
         top_kernels_ms_per_step={n: d / args.steps / 1e3 for n, d in by_name.most_common(200)},
         kernel_sources={n: sources[n] for n, _ in by_name.most_common(200) if n in sources})
