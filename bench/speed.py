@@ -213,7 +213,8 @@ def main():
     reference = next((r for r in valid if r["model"] == f"Slide:{SIZES[args.size]['num_layers'] + 1}"),
                      valid[0] if valid else None)
     print(f"\nbackend={keras.backend.backend()} dtype={args.dtype} size={args.size} jit_compile=True "
-          f"attention={args.attention}; fit ms: {args.fit_steps} steps through fit() after a warm-up fit; "
+          f"attention={args.attention}; fit ms: "
+          + (f"{args.fit_steps} steps through fit() after a warm-up fit; " if timing == "fit" else "not timed; ") +
           f"sync ms: median of {args.steps} train_on_batch calls (each waits for its step); "
           f"tokens/s, ratios and MFU from the {timing} time")
     header = f"{'model':<16}{'T':>6}{'B':>5}{'fit ms':>10}{'sync ms':>9}{'tokens/s':>12}"
