@@ -50,14 +50,15 @@ def token_cross_entropy(y_true, logits):
 
 @keras.saving.register_keras_serializable(package="keras_brt")
 class TokenCrossEntropy(keras.losses.Loss):
-    """Cross-entropy of integer targets under float32 logits, in two reductions.
+    """Cross-entropy of integer targets under float32 logits.
 
     `logsumexp(logits) - logits[target]` per token (`token_cross_entropy`): the
     same values as `keras.losses.SparseCategoricalCrossentropy(from_logits=True)`,
-    without the `(B, T, V)` log-probabilities and one-hot targets that Keras's
-    JAX version materialises (two 4 GiB float32 tensors per step at the paper's
-    vocabulary and batch). Targets outside `[0, V)` give NaN rather than a
-    silently wrong loss.
+    without the `(B, T, V)` float32 log-probabilities and one-hot targets that
+    Keras's JAX version materialises (two 4 GiB tensors per step at the paper's
+    vocabulary and batch): under XLA the forward pass is three reductions over
+    the logits and the backward pass one elementwise kernel. Targets outside
+    `[0, V)` give NaN rather than a silently wrong loss.
 
     Args:
         reduction: how to reduce the per-token losses (Keras's reductions).
