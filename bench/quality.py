@@ -111,8 +111,8 @@ def make_model(model, dtype):
     return keras_brt.models.BlockRecurrentTransformerCausalLM(backbone)
 
 
-def train(model, segment_length, batch, steps, train_source, pipeline, dtype):
-    keras.utils.set_random_seed(0)
+def train(model, segment_length, batch, steps, train_source, pipeline, dtype, seed=0):
+    keras.utils.set_random_seed(seed)
     lm = make_model(model, dtype)
     lm.compile(optimizer=make_optimizer("adamw", steps), weighted_metrics=[BitsPerToken()],
                jit_compile=True)
@@ -120,9 +120,9 @@ def train(model, segment_length, batch, steps, train_source, pipeline, dtype):
         from keras_brt.data import ByteTokenizer, lane_dataset
 
         dataset = lane_dataset(train_source, ByteTokenizer(), batch, segment_length, repeat=True,
-                               shuffle_buffer=1024, seed=0)
+                               shuffle_buffer=1024, seed=seed)
     else:
-        dataset = byte_lanes(train_source, batch, segment_length, repeat=True, seed=0)
+        dataset = byte_lanes(train_source, batch, segment_length, repeat=True, seed=seed)
     record = StepLosses()
     start = time.perf_counter()
     lm.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[record])
@@ -195,6 +195,7 @@ def main():
                              "joined into documents of up to 128 KiB), or a name for keras-brt's --data")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--eval-documents", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0, help="initialisation and document order")
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
     pipeline = args.pipeline or ("tf" if importlib.util.find_spec("tensorflow") else "numpy")
@@ -211,7 +212,8 @@ def main():
     rows, curves = [], {}
     for label, model, segment in SIZES[args.size]:
         batch = tokens_per_step // segment
-        lm, losses, seconds = train(model, segment, batch, args.steps, train_source, pipeline, args.dtype)
+        lm, losses, seconds = train(model, segment, batch, args.steps, train_source, pipeline, args.dtype,
+                                    args.seed)
         report = evaluate(lm, test_source, batch, segment, args.eval_documents)
         curves[label] = losses
         rows.append({"model": label, "config": model, "segment_length": segment, "batch": batch,
@@ -247,7 +249,7 @@ def main():
             "backend": keras.backend.backend(), "keras": keras.__version__,
             "size": args.size, "dtype_policy": args.dtype, "pipeline": pipeline,
             "steps": args.steps, "tokens_per_step": tokens_per_step, "data": args.data,
-            "eval_documents": args.eval_documents, "rows": rows, "recall_accuracy": recall,
+            "eval_documents": args.eval_documents, "seed": args.seed, "rows": rows, "recall_accuracy": recall,
             "learning_curves": curves,
         }, f, indent=2)
     print(f"wrote {output}")
