@@ -71,9 +71,8 @@ def stdlib_directories(split, held_out_fraction=0.05, max_bytes=128 * 1024):
     documents of up to `max_bytes` (whole files; a longer file stands alone): documents of
     dozens of segments in which later files use what earlier ones defined. Split by a hash
     of each document's first file, as stdlib_source splits by file."""
-    import hashlib
-
     from keras_brt.data import IterableSource
+    from keras_brt.data.sources import _held_out  # FolderSource's split by a hash of the path
 
     source = stdlib_source(split=None)
     directories = {}
@@ -81,8 +80,7 @@ def stdlib_directories(split, held_out_fraction=0.05, max_bytes=128 * 1024):
         directories.setdefault(os.path.dirname(path), []).append(path)
 
     def held_out(path):
-        digest = hashlib.sha1(os.path.relpath(path, source.path).encode("utf-8")).digest()
-        return int.from_bytes(digest[:4], "big") / 2**32 < held_out_fraction
+        return _held_out(os.path.relpath(path, source.path), held_out_fraction)
 
     def documents():
         for directory in sorted(directories):
