@@ -102,8 +102,7 @@ def parts(size, dtype, steps, only=None):
     table = backbone.token_embedding.embeddings.value
 
     def head(table, hidden, ids):
-        logits = (hidden @ table.astype(hidden.dtype).T).astype(jnp.float32) / np.sqrt(d)
-        return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, ids[..., None], -1)[..., 0])
+        return cross_entropy(tied_logits(table, hidden), ids)
 
     add("head", "-", jax.grad(head, argnums=(0, 1)), (table, hidden, ids), 6 * b * t * d * v)
     for variant, fn in head_variants(d).items():
@@ -141,8 +140,7 @@ def parts(size, dtype, steps, only=None):
 
             def loss(trainable):
                 (x, _), _ = backbone.stateless_call(trainable, fixed, ids, training=True)
-                logits = (x @ trainable[0].astype(x.dtype).T).astype(jnp.float32) / np.sqrt(d)
-                return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, ids[..., None], -1)[..., 0])
+                return cross_entropy(tied_logits(trainable[0], x), ids)
             return jax.grad(loss)(trainable)
         return model
 
@@ -176,22 +174,30 @@ def parts(size, dtype, steps, only=None):
     return rows
 
 
+def tied_logits(table, hidden):
+    """The tied output layer: float32 `(..., V)` logits divided by √D, as the causal LM's."""
+    return (hidden @ table.astype(hidden.dtype).T).astype(jnp.float32) / np.sqrt(hidden.shape[-1])
+
+
+def cross_entropy(logits, ids):
+    """Mean cross-entropy, the target's logit gathered (the loss before change 9)."""
+    picked = jnp.take_along_axis(logits, ids[..., None], -1)[..., 0]
+    return jnp.mean(jax.nn.logsumexp(logits, -1) - picked)
+
+
 def head_variants(d):
     """Output layer + cross-entropy + top-1 accuracy, written several ways (loss, accuracy)."""
 
     def loss_and_accuracy(logits, ids, accuracy):
-        picked = jnp.take_along_axis(logits, ids[..., None], -1)[..., 0]
-        loss = jnp.mean(jax.nn.logsumexp(logits, -1) - picked)
         if accuracy == "argmax":
             correct = jnp.argmax(logits, -1) == ids
         else:  # the target's logit is the largest one (shares the max with logsumexp)
-            correct = picked >= jnp.max(logits, -1)
-        return loss, jnp.mean(correct.astype(jnp.float32))
+            correct = jnp.take_along_axis(logits, ids[..., None], -1)[..., 0] >= jnp.max(logits, -1)
+        return cross_entropy(logits, ids), jnp.mean(correct.astype(jnp.float32))
 
     def scaled_after(accuracy):
         def head(table, hidden, ids):
-            logits = (hidden @ table.astype(hidden.dtype).T).astype(jnp.float32) / np.sqrt(d)
-            return loss_and_accuracy(logits, ids, accuracy)
+            return loss_and_accuracy(tied_logits(table, hidden), ids, accuracy)
         return head
 
     def scaled_before(accuracy):
