@@ -212,7 +212,8 @@ def main():
     valid = [r for r in rows if "error" not in r]
     reference = next((r for r in valid if r["model"] == f"Slide:{SIZES[args.size]['num_layers'] + 1}"),
                      valid[0] if valid else None)
-    print(f"\nbackend={keras.backend.backend()} dtype={args.dtype} size={args.size} jit_compile=True "
+    print(f"\ndevice={device_kind()} backend={keras.backend.backend()} dtype={args.dtype} size={args.size} "
+          f"jit_compile=True "
           f"attention={args.attention}; fit ms: "
           + (f"{args.fit_steps} steps through fit() after a warm-up fit; " if timing == "fit" else "not timed; ") +
           f"sync ms: median of {args.steps} train_on_batch calls (each waits for its step); "
@@ -272,7 +273,8 @@ def main():
         json.dump({
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": platform.node(), "processor": platform.processor() or platform.machine(),
-            "devices": [str(d) for d in _devices()], "backend": keras.backend.backend(),
+            "devices": [str(d) for d in _devices()], "device_kind": device_kind(),
+            "backend": keras.backend.backend(),
             "keras": keras.__version__, "dtype_policy": args.dtype, "size": args.size,
             "config": SIZES[args.size], "attention": args.attention, "timing": timing, "jit_compile": True, "steps": args.steps,
             "fit_steps": args.fit_steps if timing == "fit" else None,
@@ -290,10 +292,19 @@ def write_jax_results(output, default_name, **fields):
     with open(output, "w") as f:
         json.dump({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                    "machine": platform.node(), "backend": "jax",
-                   "device": jax.devices()[0].device_kind, "jax": jax.__version__,
+                   "device": device_kind(), "jax": jax.__version__,
                    "keras": keras.__version__, **fields}, f, indent=2)
     print(f"wrote {output}")
     return output
+
+
+def device_kind():
+    """The accelerator's name (e.g. "NVIDIA H200") on JAX, else the processor's."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.devices()[0].device_kind
+    return platform.processor() or platform.machine()
 
 
 def _devices():
