@@ -123,12 +123,14 @@ def parts(size, dtype, steps, only=None):
     bias = slide.window_bias()
     mask = jnp.asarray(window_mask(w))
 
-    def make_attention(splits=1, with_bias=True):
+    def make_attention(splits=1, with_bias=True, stack="heads"):
         def loss(q, keys, values, scale, bias):
             if not with_bias:
                 out = attend(q, keys, values, scale)
             elif splits == 1:
                 out = attend(q, keys, values, scale, bias=bias, mask=mask)
+            elif stack == "batch":
+                out = batch_split_attend(q, keys, values, scale, bias, mask, splits)
             else:
                 out = split_attend(q, keys, values, scale, bias, mask, splits)
             return jnp.mean(jnp.square(out.astype(jnp.float32)))
@@ -161,6 +163,9 @@ def parts(size, dtype, steps, only=None):
                 for splits in (2, 4):
                     add("attention", f"split {splits}", make_attention(splits), (q, kv, kv, scale, bias),
                         attention_flops * (1 + 1 / splits) / 2)
+                for splits in (2, 4, 8):
+                    add("attention", f"rows {splits}", make_attention(splits, stack="batch"),
+                        (q, kv, kv, scale, bias), attention_flops * (1 + 1 / splits) / 2)
             grad, args = layer_grad(slide, hidden, state["layer_0_keys"], state["layer_0_values"])
             add("slide layer", variant, grad, args)
             initial = [state[f"layer_{rec_index}_{name}"] for name in ("state", "keys", "values")]
@@ -227,6 +232,20 @@ def split_attend(q, keys, values, scale, bias, mask, splits):
     return jnp.concatenate([out[:, :, j * h:(j + 1) * h] for j in range(splits)], axis=1)  # (B, W, H, K)
 
 
+def batch_split_attend(q, keys, values, scale, bias, mask, splits):
+    """As `split_attend`, with the chunks stacked on the batch axis instead: the queries
+    reshape in place to (B*splits, W/splits, H, K), and the Toeplitz bias and the mask of
+    the first chunk, (H, W/splits, W + W/splits), serve every chunk."""
+    b, w, h, k = q.shape
+    c = w // splits
+    span = w + c
+    q_s = jnp.reshape(q, (b * splits, c, h, k))
+    windows = lambda t: jnp.reshape(jnp.stack([t[:, j * c:j * c + span] for j in range(splits)], axis=1),
+                                    (b * splits, span, h, k))
+    out = attend(q_s, windows(keys), windows(values), scale, bias=bias[:, :c, :span], mask=mask[:c, :span])
+    return jnp.reshape(out, (b, w, h, k))
+
+
 def check_equal(size, dtype):
     """Fused vs reference attention on the same inputs: max |difference| of outputs and gradients."""
     s = speed.SIZES[size]
@@ -246,23 +265,26 @@ def check_equal(size, dtype):
         bias = table[:, distance]
         return jnp.sum(attend(q, keys, values, scale, bias=bias, mask=mask).astype(jnp.float32) * vals[:, :w].astype(jnp.float32))
 
-    def f_split(q, keys, values, scale, table):
-        bias = table[:, distance]
-        return jnp.sum(split_attend(q, keys, values, scale, bias, mask, 2).astype(jnp.float32)
-                       * vals[:, :w].astype(jnp.float32))
+    def splitter(split, splits):
+        def f_split(q, keys, values, scale, table):
+            bias = table[:, distance]
+            return jnp.sum(split(q, keys, values, scale, bias, mask, splits).astype(jnp.float32)
+                           * vals[:, :w].astype(jnp.float32))
+        return f_split
 
+    functions = {"split 2": splitter(split_attend, 2), "rows 4": splitter(batch_split_attend, 4)}
     results = {}
-    for variant in ("split 2", "fused", "reference"):
+    for variant in ("split 2", "rows 4", "fused", "reference"):
         if variant == "reference":
             keras.config.disable_flash_attention()
-        fn = f_split if variant == "split 2" else f
+        fn = functions.get(variant, f)
         out = jax.jit(jax.value_and_grad(fn, argnums=(0, 1, 2, 3, 4)))(q, kv, vals, scale, table)
         results[variant] = jax.tree_util.tree_map(lambda a: np.asarray(a, "float32"), out)
     keras.config.enable_flash_attention()
     names = ["value", "d_query", "d_keys", "d_values", "d_scale", "d_bias_table"]
     flat = {key: [value[0]] + list(value[1]) for key, value in results.items()}
     report = {}
-    for variant in ("fused", "split 2"):
+    for variant in ("fused", "split 2", "rows 4"):
         for name, a, b in zip(names, flat[variant], flat["reference"]):
             report[f"{variant} {name}"] = {"max_abs_diff": float(np.max(np.abs(a - b))),
                                            "max_abs": float(np.max(np.abs(b)))}

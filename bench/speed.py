@@ -276,7 +276,8 @@ def main():
             "devices": [str(d) for d in _devices()], "device_kind": device_kind(),
             "backend": keras.backend.backend(),
             "keras": keras.__version__, "dtype_policy": args.dtype, "size": args.size,
-            "config": SIZES[args.size], "attention": args.attention, "timing": timing, "jit_compile": True, "steps": args.steps,
+            "config": SIZES[args.size], "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "attention": args.attention, "timing": timing, "jit_compile": True, "steps": args.steps,
             "fit_steps": args.fit_steps if timing == "fit" else None,
             "warmup": args.warmup, "rows": rows, "growth": growth_rows, "checks": checks,
         }, f, indent=2)
