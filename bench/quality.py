@@ -33,6 +33,7 @@ import numpy as np
 import keras_brt
 from keras_brt.data import lane_batches, stdlib_source
 from keras_brt.training import BitsPerToken, evaluate_bits_per_token, make_eval_step, make_optimizer
+from speed import device_kind  # bench/ is on the path when run as a script
 from tests.models.common import StepLosses, train_and_score  # the suite's loss recorder and recall task
 
 # (label, backbone config or preset name, segment length, tokens per step): equal tokens per
@@ -66,15 +67,15 @@ def byte_lanes(source, batch, segment_length, repeat=False, seed=0, documents=No
     return lane_batches(token_documents(), batch, segment_length, bos_id=1)
 
 
-def stdlib_directories(split, held_out_fraction=0.05, max_bytes=128 * 1024):
-    """The standard library with each directory's .py files, in name order, joined into
+def source_directories(root, split, held_out_fraction=0.05, max_bytes=128 * 1024, exclude=(), name=None):
+    """Every directory of .py files under `root`, its files in name order joined into
     documents of up to `max_bytes` (whole files; a longer file stands alone): documents of
     dozens of segments in which later files use what earlier ones defined. Split by a hash
-    of each document's first file, as stdlib_source splits by file."""
-    from keras_brt.data import IterableSource
+    of each document's first file, as FolderSource splits by file."""
+    from keras_brt.data import FolderSource, IterableSource
     from keras_brt.data.sources import _held_out  # FolderSource's split by a hash of the path
 
-    source = stdlib_source(split=None)
+    source = FolderSource(root, pattern="*.py", exclude=("*/__pycache__/*",) + tuple(exclude))
     directories = {}
     for path in source.files:
         directories.setdefault(os.path.dirname(path), []).append(path)
@@ -98,7 +99,13 @@ def stdlib_directories(split, held_out_fraction=0.05, max_bytes=128 * 1024):
                 if parts and held_out(parts[0][0]) == (split == "test"):
                     yield "\n".join(text for _, text in parts)
 
-    return IterableSource(documents, name=f"stdlib-directories:{split}")
+    return IterableSource(documents, name=f"{name or 'directories:' + root}:{split}")
+
+
+def stdlib_directories(split):
+    """The standard library as `source_directories` documents (the built-in corpus)."""
+    return source_directories(stdlib_source(split=None).path, split,
+                              exclude=("site-packages/*", "dist-packages/*"), name="stdlib-directories")
 
 
 def make_model(model, dtype):
@@ -190,7 +197,8 @@ def main():
                         help="default: tf where TensorFlow is installed, else numpy")
     parser.add_argument("--data", default="stdlib",
                         help="stdlib (one document per file), stdlib-directories (a directory's files "
-                             "joined into documents of up to 128 KiB), or a name for keras-brt's --data")
+                             "joined into documents of up to 128 KiB), directories (the same for every "
+                             "directory of .py files under --data-dir), or a name for keras-brt's --data")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--eval-documents", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0, help="initialisation and document order")
@@ -203,6 +211,11 @@ def main():
         train_source, test_source = stdlib_source("train"), stdlib_source("test")
     elif args.data == "stdlib-directories":
         train_source, test_source = stdlib_directories("train"), stdlib_directories("test")
+    elif args.data == "directories":
+        if not args.data_dir:
+            raise ValueError("`--data directories` needs `--data-dir`, the folder to read. Received: --data-dir=None")
+        train_source = source_directories(args.data_dir, "train")
+        test_source = source_directories(args.data_dir, "test")
     else:
         from keras_brt import cli
 
@@ -244,6 +257,7 @@ def main():
         json.dump({
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": platform.node(), "devices": [str(d) for d in keras.distribution.list_devices()],
+            "device_kind": device_kind(),
             "backend": keras.backend.backend(), "keras": keras.__version__,
             "size": args.size, "dtype_policy": args.dtype, "pipeline": pipeline,
             "steps": args.steps, "tokens_per_step": tokens_per_step, "data": args.data,
