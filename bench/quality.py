@@ -202,6 +202,7 @@ def main():
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--eval-documents", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0, help="initialisation and document order")
+    parser.add_argument("--models", default=None, help="comma-separated labels to train (default: all)")
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
     pipeline = args.pipeline or ("tf" if importlib.util.find_spec("tensorflow") else "numpy")
@@ -221,7 +222,11 @@ def main():
 
         train_source, test_source = cli.resolve_data(args.data, args.data_dir, "*.txt", None)
     rows, curves = [], {}
-    for label, model, segment in SIZES[args.size]:
+    models = [m for m in SIZES[args.size] if not args.models or m[0] in args.models.split(",")]
+    if not models:
+        raise ValueError(f"`--models` names none of {[m[0] for m in SIZES[args.size]]}. "
+                         f"Received: --models={args.models}")
+    for label, model, segment in models:
         batch = tokens_per_step // segment
         lm, losses, seconds = train(model, segment, batch, args.steps, train_source, pipeline, args.dtype,
                                     args.seed)
