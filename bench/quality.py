@@ -75,7 +75,7 @@ def source_directories(root, split, held_out_fraction=0.05, max_bytes=128 * 1024
     from keras_brt.data import FolderSource, IterableSource
     from keras_brt.data.sources import _held_out  # FolderSource's split by a hash of the path
 
-    source = FolderSource(root, pattern="*.py", exclude=("*/__pycache__/*",) + tuple(exclude))
+    source = FolderSource(root, pattern="*.py", exclude=exclude)
     directories = {}
     for path in source.files:
         directories.setdefault(os.path.dirname(path), []).append(path)

@@ -213,8 +213,7 @@ def main():
     reference = next((r for r in valid if r["model"] == f"Slide:{SIZES[args.size]['num_layers'] + 1}"),
                      valid[0] if valid else None)
     print(f"\ndevice={device_kind()} backend={keras.backend.backend()} dtype={args.dtype} size={args.size} "
-          f"jit_compile=True "
-          f"attention={args.attention}; fit ms: "
+          f"jit_compile=True attention={args.attention}; fit ms: "
           + (f"{args.fit_steps} steps through fit() after a warm-up fit; " if timing == "fit" else "not timed; ") +
           f"sync ms: median of {args.steps} train_on_batch calls (each waits for its step); "
           f"tokens/s, ratios and MFU from the {timing} time")
