@@ -305,7 +305,7 @@ def main():
     agreement = check_equal(args.size, args.dtype)
     keras.config.set_dtype_policy("float32")
     rows = parts(args.size, args.dtype, args.steps, args.parts and args.parts.split(","))
-    print(f"\nbackend=jax ({jax.devices()[0].device_kind}) dtype={args.dtype} size={args.size}, "
+    print(f"\nbackend=jax ({speed.device_kind()}) dtype={args.dtype} size={args.size}, "
           f"forward+backward, median of {args.steps}")
     by = {(r["part"], r["variant"]): r for r in rows if "ms" in r}
     for part in ("attention", "slide layer", "recurrent layer", "model"):

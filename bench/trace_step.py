@@ -131,7 +131,7 @@ def main():
     for name, d in by_name.items():
         by_kind[kind(name)] += d
     per_step = total / args.steps / 1e3
-    print(f"\nbackend=jax ({jax.devices()[0].device_kind}) dtype={args.dtype} size={args.size} "
+    print(f"\nbackend=jax ({speed.device_kind()}) dtype={args.dtype} size={args.size} "
           f"model={args.model}: device busy {per_step:.1f} ms per step ({args.steps} steps traced)")
     print(f"{len(events) / args.steps:.0f} kernels per step; device idle between them (gaps under 1 ms): "
           f"{idle / args.steps / 1e3:.2f} ms per step")
