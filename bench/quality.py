@@ -32,9 +32,11 @@ import numpy as np
 
 import keras_brt
 from keras_brt.data import lane_batches, stdlib_source
+from keras_brt.models.presets import get_preset
 from keras_brt.training import BitsPerToken, evaluate_bits_per_token, make_eval_step, make_optimizer
 from speed import device_kind  # bench/ is on the path when run as a script
-from tests.models.common import StepLosses, train_and_score  # the suite's loss recorder and recall task
+from state_probe import StateProbe
+from tests.models.common import StepLosses  # the suite's per-step loss recorder
 
 # (label, backbone config or preset name, segment length, tokens per step): equal tokens per
 # step for every model (XL trains on window-long segments with a larger batch).
@@ -45,7 +47,9 @@ SIZES = {
              ("XL:64", "tiny_xl", 64)),
     "bytes": (("Rec:fixed:skip", dict(BYTES, recurrent_layers=(3,)), 2048),
               ("Slide:6", dict(BYTES, recurrent_layers=()), 2048),
-              ("XL:512", dict(BYTES, recurrent_layers=()), 512)),
+              ("XL:512", dict(BYTES, recurrent_layers=()), 512),
+              # Window 2048 with the lanes of Slide and Rec (16 x 2048 tokens per step).
+              ("XL:2048", dict(BYTES, block_size=2048, recurrent_layers=()), 2048)),
 }
 
 
@@ -116,7 +120,7 @@ def make_model(model, dtype):
     return keras_brt.models.BlockRecurrentTransformerCausalLM(backbone)
 
 
-def train(model, segment_length, batch, steps, train_source, pipeline, dtype, seed=0):
+def train(model, segment_length, batch, steps, train_source, pipeline, dtype, seed=0, callbacks=()):
     keras.utils.set_random_seed(seed)
     lm = make_model(model, dtype)
     lm.compile(optimizer=make_optimizer("adamw", steps), weighted_metrics=[BitsPerToken()],
@@ -130,7 +134,7 @@ def train(model, segment_length, batch, steps, train_source, pipeline, dtype, se
         dataset = byte_lanes(train_source, batch, segment_length, repeat=True, seed=seed)
     record = StepLosses()
     start = time.perf_counter()
-    lm.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[record])
+    lm.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[record, *callbacks])
     return lm, record.losses, time.perf_counter() - start
 
 
@@ -163,13 +167,10 @@ def by_position_ranges(result):
     return ranges
 
 
-def recall_accuracy():
-    """The test suite's long-range recall task, for the recurrent model and Slide."""
-    return {"Rec:fixed:skip": train_and_score((-1,)), "Slide": train_and_score(())}
-
-
-def plot_curves(curves, path):
-    """PNG of the per-step training losses in bits per token, 10-step means."""
+def plot_curves(curves, path, tokens_per_step, window=50):
+    """PNG of the training loss in bits per token against training tokens (`window`-step
+    means). The runs read less than one pass over their corpus, so every training batch is
+    new text: the curve is an estimate of held-out loss as training goes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -177,10 +178,11 @@ def plot_curves(curves, path):
 
     figure, axis = plt.subplots(figsize=(7, 4))
     for label, losses in curves.items():
-        smooth = np.convolve(losses, np.ones(10) / 10, mode="valid") / np.log(2)
-        axis.plot(np.arange(len(smooth)) + 10, smooth, label=label)
-    axis.set_xlabel("training step")
-    axis.set_ylabel("training bits per token (10-step mean)")
+        window = min(window, len(losses))
+        smooth = np.convolve(losses, np.ones(window) / window, mode="valid") / np.log(2)
+        axis.plot((np.arange(len(smooth)) + window) * tokens_per_step / 1e6, smooth, label=label)
+    axis.set_xlabel("training tokens (millions)")
+    axis.set_ylabel(f"training bits per token ({window}-step mean)")
     axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -203,6 +205,13 @@ def main():
     parser.add_argument("--eval-documents", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0, help="initialisation and document order")
     parser.add_argument("--models", default=None, help="comma-separated labels to train (default: all)")
+    parser.add_argument("--variants", default=None,
+                        help='JSON {"label": {backbone overrides}}: more rows, each the first model '
+                             '(Rec) with those overrides, e.g. the paper\'s initialisation')
+    parser.add_argument("--probe-every", type=int, default=250,
+                        help="log the state's scales and gate every N steps (bench/state_probe.py)")
+    parser.add_argument("--deep-probe-every", type=int, default=1000,
+                        help="also attention entropy and gradient norms every N steps (JAX)")
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
     pipeline = args.pipeline or ("tf" if importlib.util.find_spec("tensorflow") else "numpy")
@@ -226,50 +235,70 @@ def main():
     if not models:
         raise ValueError(f"`--models` names none of {[m[0] for m in SIZES[args.size]]}. "
                          f"Received: --models={args.models}")
-    for label, model, segment in models:
-        batch = tokens_per_step // segment
-        lm, losses, seconds = train(model, segment, batch, args.steps, train_source, pipeline, args.dtype,
-                                    args.seed)
-        report = evaluate(lm, test_source, batch, segment, args.eval_documents)
-        curves[label] = losses
-        rows.append({"model": label, "config": model, "segment_length": segment, "batch": batch,
-                     "train_seconds": seconds, "final_train_loss": float(np.mean(losses[-10:])),
-                     **report})
-        print(f"trained {label}: held-out {report['bits_per_token']:.4f} bits/token", flush=True)
-    recall = recall_accuracy()
-
-    print(f"\nbackend={keras.backend.backend()}, size={args.size}, dtype={args.dtype}, {args.steps} steps "
-          f"of {tokens_per_step} tokens, bytes, held-out: {args.eval_documents} documents of {test_source.name}")
-    print(f"{'model':<16}{'bits/token carried':>20}{'cleared':>10}{'train loss':>12}")
-    for r in rows:
-        print(f"{r['model']:<16}{r['bits_per_token']:>20.4f}{r['bits_per_token_state_cleared']:>10.4f}"
-              f"{r['final_train_loss'] / np.log(2):>12.4f}")
-    print("\nheld-out bits/token by position inside the documents (state carried / cleared)")
-    names = list(rows[0]["bits_per_token_by_position"])
-    print(f"{'model':<16}" + "".join(f"{name:>22}" for name in names))
-    for r in rows:
-        carried, cleared = r["bits_per_token_by_position"], r["bits_per_token_state_cleared_by_position"]
-        print(f"{r['model']:<16}" + "".join(
-            f"{carried[n]['bits_per_token']:>13.4f} / {cleared[n]['bits_per_token']:.4f}" for n in names))
-    print(f"{'tokens':<16}" + "".join(f"{rows[0]['bits_per_token_by_position'][n]['tokens']:>22}" for n in names))
-    print("recall accuracy (chance 0.125): " + ", ".join(f"{k} {v:.3f}" for k, v in recall.items()))
+    if args.variants:
+        rec_label, rec_model, rec_segment = SIZES[args.size][0]
+        for label, overrides in json.loads(args.variants).items():
+            base = dict(get_preset(rec_model)["config"]) if isinstance(rec_model, str) else rec_model
+            models.append((label, {**base, **overrides}, rec_segment))
 
     results = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
     stem = f"quality_{args.data}_{keras.backend.backend()}" + ("" if args.size == "tiny" else f"_{args.size}")
     output = args.output or os.path.join(results, stem + ".json")
-    plot_curves(curves, os.path.splitext(output)[0] + ".png")
-    with open(output, "w") as f:
-        json.dump({
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": platform.node(), "devices": [str(d) for d in keras.distribution.list_devices()],
-            "device_kind": device_kind(),
-            "backend": keras.backend.backend(), "keras": keras.__version__,
-            "size": args.size, "dtype_policy": args.dtype, "pipeline": pipeline,
-            "steps": args.steps, "tokens_per_step": tokens_per_step, "data": args.data,
-            "eval_documents": args.eval_documents, "seed": args.seed, "rows": rows, "recall_accuracy": recall,
-            "learning_curves": curves,
-        }, f, indent=2)
+    header = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": platform.node(), "devices": [str(d) for d in keras.distribution.list_devices()],
+        "device_kind": device_kind(),
+        "backend": keras.backend.backend(), "keras": keras.__version__,
+        "size": args.size, "dtype_policy": args.dtype, "pipeline": pipeline,
+        "steps": args.steps, "tokens_per_step": tokens_per_step, "data": args.data,
+        "eval_documents": args.eval_documents, "seed": args.seed,
+    }
+    probe_batch = next(iter(byte_lanes(test_source, 4, 2048)))
+    probe_batch = (probe_batch[0]["token_ids"], probe_batch[1], probe_batch[2])
+    rows, curves = [], {}
+    for label, model, segment in models:
+        batch = tokens_per_step // segment
+        probe = StateProbe(args.probe_every, probe_batch, args.deep_probe_every)
+        lm, losses, seconds = train(model, segment, batch, args.steps, train_source, pipeline, args.dtype,
+                                    args.seed, callbacks=[probe])
+        report = evaluate(lm, test_source, batch, segment, args.eval_documents)
+        curves[label] = losses
+        rows.append({"model": label, "config": model, "segment_length": segment, "batch": batch,
+                     "train_seconds": seconds, "final_train_loss": float(np.mean(losses[-10:])),
+                     **report, "state_probe": probe.rows})
+        print(f"trained {label}: held-out {report['bits_per_token']:.4f} bits/token "
+              f"({report['bits_per_token_state_cleared']:.4f} with the state cleared), "
+              f"{seconds:.0f} s", flush=True)
+        for row in probe.rows[-1:]:
+            print("  state path at the end: " + json.dumps(
+                {k: round(v, 3) for k, v in row.items() if isinstance(v, float)}), flush=True)
+        with open(output, "w") as f:  # after every model, so that a cut-short run keeps its rows
+            json.dump({**header, "rows": rows, "learning_curves": curves}, f, indent=2)
+
+    print(f"\nbackend={keras.backend.backend()}, size={args.size}, dtype={args.dtype}, {args.steps} steps "
+          f"of {tokens_per_step} tokens, bytes, held-out: {args.eval_documents} documents of {test_source.name}")
+    print(table(rows))
+    plot_curves(curves, os.path.splitext(output)[0] + ".png", tokens_per_step)
     print(f"wrote {output}")
+
+
+def table(rows):
+    """The quality table: bits per byte carried / cleared, the state's worth, by position."""
+    lines = [f"{'model':<20}{'bits/byte carried':>19}{'cleared':>10}{'state worth':>13}{'train':>9}"]
+    for r in rows:
+        lines.append(f"{r['model']:<20}{r['bits_per_token']:>19.4f}{r['bits_per_token_state_cleared']:>10.4f}"
+                     f"{r['bits_per_token_state_cleared'] - r['bits_per_token']:>13.4f}"
+                     f"{r['final_train_loss'] / np.log(2):>9.4f}")
+    lines.append("\nheld-out bits/byte by position inside the documents (state carried / cleared)")
+    names = list(rows[0]["bits_per_token_by_position"])
+    lines.append(f"{'model':<20}" + "".join(f"{name:>22}" for name in names))
+    for r in rows:
+        carried, cleared = r["bits_per_token_by_position"], r["bits_per_token_state_cleared_by_position"]
+        lines.append(f"{r['model']:<20}" + "".join(
+            f"{carried[n]['bits_per_token']:>13.4f} / {cleared[n]['bits_per_token']:.4f}" for n in names))
+    lines.append(f"{'tokens':<20}" + "".join(
+        f"{rows[0]['bits_per_token_by_position'][n]['tokens']:>22}" for n in names))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -89,6 +89,15 @@ class BlockRecurrentCell(DropoutRNNCell, keras.layers.Layer):
         relative_position_buckets: int. T5 buckets (32).
         relative_position_max_distance: int. T5 max distance (128).
         attention_scale_init: float. Initial per-head logit scale (meliad: 1.0).
+        state_attention_scale_init: float or None. Initial logit scale of the
+            three attentions of the state path (states reading states, states
+            reading the window, tokens reading the states); None (the paper's
+            setting) uses `attention_scale_init`. Cosine logits times a small
+            scale spread attention almost evenly over the 2W tokens a state
+            reads, so a state cannot pick out one token until the scale grows.
+        gate_bias_init: float. Mean of the gate's keep bias at initialisation
+            (`FixedGate` / `LSTMGate` `bias_init`); the paper's 0.0 starts the
+            fixed gate at 0.5, which forgets too fast for the state to learn.
         seed: int or None. Seed of the dropout masks.
         **kwargs: base layer arguments such as `name` and `dtype`.
 
@@ -125,6 +134,8 @@ class BlockRecurrentCell(DropoutRNNCell, keras.layers.Layer):
         relative_position_buckets=32,
         relative_position_max_distance=128,
         attention_scale_init=1.0,
+        state_attention_scale_init=None,
+        gate_bias_init=0.0,
         seed=None,
         **kwargs,
     ):
@@ -148,6 +159,8 @@ class BlockRecurrentCell(DropoutRNNCell, keras.layers.Layer):
         self.relative_position_buckets = relative_position_buckets
         self.relative_position_max_distance = relative_position_max_distance
         self.attention_scale_init = attention_scale_init
+        self.state_attention_scale_init = state_attention_scale_init
+        self.gate_bias_init = gate_bias_init
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed) if dropout > 0 else None
         self.state_size = -1  # Custom shapes: see get_initial_state().
@@ -171,10 +184,14 @@ class BlockRecurrentCell(DropoutRNNCell, keras.layers.Layer):
         def projection(units, name, input_dim, activation=None):
             return dense(units, name, self.dtype_policy, input_dim, activation)
 
-        def scale(name):
+        state_scale = self.state_attention_scale_init
+        if state_scale is None:
+            state_scale = self.attention_scale_init
+
+        def scale(name, value=self.attention_scale_init):
             return self.add_weight(
                 shape=(self.num_heads,),
-                initializer=keras.initializers.Constant(self.attention_scale_init),
+                initializer=keras.initializers.Constant(value),
                 name=name,
             )
 
@@ -184,7 +201,7 @@ class BlockRecurrentCell(DropoutRNNCell, keras.layers.Layer):
         self.token_qkv_dense = projection(4 * hk, "token_qkv_dense", d)
         self.token_output_dense = projection(d, "token_output_dense", 2 * hk)
         self.token_self_scale = scale("token_self_scale")
-        self.token_cross_scale = scale("token_cross_scale")
+        self.token_cross_scale = scale("token_cross_scale", state_scale)
         self.relative_position = RelativePositionBias(
             self.num_heads,
             num_buckets=self.relative_position_buckets,
@@ -210,8 +227,8 @@ class BlockRecurrentCell(DropoutRNNCell, keras.layers.Layer):
             name="initial_state",
         )
         self.state_qkv_dense = projection(4 * hk, "state_qkv_dense", d)
-        self.state_self_scale = scale("state_self_scale")
-        self.state_cross_scale = scale("state_cross_scale")
+        self.state_self_scale = scale("state_self_scale", state_scale)
+        self.state_cross_scale = scale("state_cross_scale", state_scale)
 
         # State update: "skip" and "dual" project 2HK -> D; "single" is an MLP.
         if self.state_mlp == "single":
@@ -223,7 +240,9 @@ class BlockRecurrentCell(DropoutRNNCell, keras.layers.Layer):
         else:
             self.state_output_dense = projection(d, "state_output_dense", 2 * hk)
             gate_input_dim = 2 * hk
-        self.state_gate = get_gate(self.gate, dtype=self.dtype_policy, name="state_gate")
+        self.state_gate = get_gate(
+            self.gate, bias_init=self.gate_bias_init, dtype=self.dtype_policy, name="state_gate"
+        )
         self.state_gate.build(states, states, (None, s, gate_input_dim))
         if self.state_mlp == "dual":
             self.state_feed_forward = FeedForward(
@@ -231,7 +250,8 @@ class BlockRecurrentCell(DropoutRNNCell, keras.layers.Layer):
             )
             self.state_feed_forward.build(states)
             self.state_ffn_gate = get_gate(
-                self.gate, dtype=self.dtype_policy, name="state_ffn_gate"
+                self.gate, bias_init=self.gate_bias_init, dtype=self.dtype_policy,
+                name="state_ffn_gate",
             )
             self.state_ffn_gate.build(states, states, (None, s, self.intermediate_dim))
 
@@ -419,6 +439,8 @@ class BlockRecurrentCell(DropoutRNNCell, keras.layers.Layer):
                 "relative_position_buckets": self.relative_position_buckets,
                 "relative_position_max_distance": self.relative_position_max_distance,
                 "attention_scale_init": self.attention_scale_init,
+                "state_attention_scale_init": self.state_attention_scale_init,
+                "gate_bias_init": self.gate_bias_init,
                 "seed": self.seed,
             }
         )

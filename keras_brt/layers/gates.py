@@ -16,11 +16,20 @@ GATES = ("fixed", "lstm")
 class FixedGate(keras.layers.Layer):
     """The paper's "fixed" gate: a learned, input-independent moving average.
 
-    `g = sigmoid(b)` with `b` a learned vector initialised N(0, 0.1) (so
-    `g ≈ 0.5` at the start) and `new = g ⊙ old + (1 - g) ⊙ update`. meliad calls
-    it the "bias" gate. Note the convention: `g` weights the *old* state.
+    `g = sigmoid(b)` with `b` a learned vector and `new = g ⊙ old + (1 - g) ⊙ update`.
+    meliad calls it the "bias" gate. Note the convention: `g` weights the *old*
+    state.
+
+    The paper initialises `b` from N(0, 0.1), so `g ≈ 0.5`: the state starts as
+    a moving average over about two blocks, and what a block writes has faded
+    to 3% five blocks later. So little gradient then reaches the write from
+    later blocks that the state never learns to keep anything
+    (bench/results/NOTES.md, "Making the state learn"). `bias_init` shifts the
+    mean: 2.0 starts at `g ≈ 0.88`, a memory of about eight blocks.
 
     Args:
+        bias_init: float. Mean of the N(bias_init, 0.1) initialisation of `b`
+            (the paper's 0.0 by default).
         **kwargs: base layer arguments such as `name` and `dtype`.
 
     Call arguments:
@@ -34,15 +43,19 @@ class FixedGate(keras.layers.Layer):
     Example:
 
     ```python
-    gate = keras_brt.layers.FixedGate()
+    gate = keras_brt.layers.FixedGate(bias_init=2.0)
     new = gate(old, update, update)
     ```
     """
 
+    def __init__(self, bias_init=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.bias_init = float(bias_init)
+
     def build(self, old_shape, update_shape=None, gate_input_shape=None):
         self.bias = self.add_weight(
             shape=(old_shape[-1],),
-            initializer=keras.initializers.RandomNormal(stddev=0.1),
+            initializer=keras.initializers.RandomNormal(mean=self.bias_init, stddev=0.1),
             name="bias",
         )
 
@@ -52,6 +65,9 @@ class FixedGate(keras.layers.Layer):
 
     def compute_output_shape(self, old_shape, update_shape=None, gate_input_shape=None):
         return old_shape
+
+    def get_config(self):
+        return {**super().get_config(), "bias_init": self.bias_init}
 
 
 @keras.saving.register_keras_serializable(package="keras_brt")
@@ -63,8 +79,12 @@ class LSTMGate(keras.layers.Layer):
     activation of the state MLP). Kernels start at variance scaling 0.1 and the
     biases at N(0, 0.1), so `f ≈ 0.73` and `i ≈ 0.27`: biased towards
     remembering and far from saturation, as the paper requires.
+    `bias_init` shifts the forget gate's bias further (`f ≈ sigmoid(1 + bias_init)`
+    at the start), as `FixedGate`'s does.
 
     Args:
+        bias_init: float. Mean of the N(bias_init, 0.1) initialisation of the
+            forget gate's bias (the paper's 0.0 by default).
         **kwargs: base layer arguments such as `name` and `dtype`.
 
     Call arguments:
@@ -83,21 +103,25 @@ class LSTMGate(keras.layers.Layer):
     ```
     """
 
+    def __init__(self, bias_init=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.bias_init = float(bias_init)
+
     def build(self, old_shape, update_shape=None, gate_input_shape=None):
         units = old_shape[-1]
         gate_input_shape = gate_input_shape or old_shape
-        self.forget_dense = self._dense(units, "forget_dense")
-        self.input_dense = self._dense(units, "input_dense")
+        self.forget_dense = self._dense(units, "forget_dense", self.bias_init)
+        self.input_dense = self._dense(units, "input_dense", 0.0)
         self.forget_dense.build(gate_input_shape)
         self.input_dense.build(gate_input_shape)
 
-    def _dense(self, units, name):
+    def _dense(self, units, name, bias_mean):
         return keras.layers.Dense(
             units,
             kernel_initializer=keras.initializers.VarianceScaling(
                 0.1, mode="fan_in", distribution="truncated_normal"
             ),
-            bias_initializer=keras.initializers.RandomNormal(stddev=0.1),
+            bias_initializer=keras.initializers.RandomNormal(mean=bias_mean, stddev=0.1),
             dtype=self.dtype_policy,
             name=name,
         )
@@ -110,6 +134,9 @@ class LSTMGate(keras.layers.Layer):
 
     def compute_output_shape(self, old_shape, update_shape=None, gate_input_shape=None):
         return old_shape
+
+    def get_config(self):
+        return {**super().get_config(), "bias_init": self.bias_init}
 
 
 def get_gate(gate, **kwargs):

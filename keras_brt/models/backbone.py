@@ -71,6 +71,12 @@ class BlockRecurrentTransformerBackbone(keras.Model):
         relative_position_buckets: int. T5 buckets (32).
         relative_position_max_distance: int. T5 max distance (128).
         attention_scale_init: float. Initial per-head logit scale (meliad 1.0).
+        state_attention_scale_init: float or None. Initial logit scale of the
+            recurrent layers' state attentions (None: `attention_scale_init`,
+            the paper's setting). See `BlockRecurrentCell`.
+        gate_bias_init: float. Mean of the state gate's keep bias at
+            initialisation (the paper's 0.0 starts the fixed gate at 0.5).
+            See `BlockRecurrentCell`.
         **kwargs: base model arguments such as `name` and `dtype`.
 
     Call arguments:
@@ -117,6 +123,8 @@ class BlockRecurrentTransformerBackbone(keras.Model):
         relative_position_buckets=32,
         relative_position_max_distance=128,
         attention_scale_init=1.0,
+        state_attention_scale_init=None,
+        gate_bias_init=0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -164,6 +172,8 @@ class BlockRecurrentTransformerBackbone(keras.Model):
         self.relative_position_buckets = relative_position_buckets
         self.relative_position_max_distance = relative_position_max_distance
         self.attention_scale_init = attention_scale_init
+        self.state_attention_scale_init = state_attention_scale_init
+        self.gate_bias_init = gate_bias_init
 
     # === Layers ===
 
@@ -199,6 +209,8 @@ class BlockRecurrentTransformerBackbone(keras.Model):
                     num_state_vectors=self.num_state_vectors,
                     gate=self.gate,
                     state_mlp=self.state_mlp,
+                    state_attention_scale_init=self.state_attention_scale_init,
+                    gate_bias_init=self.gate_bias_init,
                     name=f"recurrent_cell_{i}",
                     **common,
                 )
@@ -455,7 +467,7 @@ class BlockRecurrentTransformerBackbone(keras.Model):
         config = dict(get_preset(preset)["config"])
         unknown = set(overrides) - set(config) - {
             "relative_position_buckets", "relative_position_max_distance",
-            "attention_scale_init", "name", "dtype",
+            "attention_scale_init", "state_attention_scale_init", "gate_bias_init", "name", "dtype",
         }
         if unknown:
             raise ValueError(
@@ -485,6 +497,8 @@ class BlockRecurrentTransformerBackbone(keras.Model):
             "relative_position_buckets": self.relative_position_buckets,
             "relative_position_max_distance": self.relative_position_max_distance,
             "attention_scale_init": self.attention_scale_init,
+            "state_attention_scale_init": self.state_attention_scale_init,
+            "gate_bias_init": self.gate_bias_init,
         }
 
     @classmethod

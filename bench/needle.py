@@ -1,0 +1,226 @@
+"""Needle recall: can the recurrent state carry a few random tokens across many blocks?
+
+A stream of episodes per lane. An episode starts a document (`start_of_sequence`); its first
+block holds `needles` random payload tokens (1 of 22 ids each) among filler; `distance` blocks
+later a query block starts with a marker and asks for the payload in order (teacher forced:
+`marker, p1, p2, ...` → targets `p1, p2, p3, ...`). The loss counts only the recalled tokens.
+Episodes are whole training segments long, so a distance of 30 blocks with 10-block segments
+crosses segment boundaries: the state is carried there with no gradient.
+
+Models (2 layers, D=64, W=8, 8 state vectors, vocabulary 32, Adam):
+- `rec`:  Rec:fixed:skip (the recurrent layer last) on segments of `--segment-blocks` blocks;
+- `slide`: the same without the state (sliding window only, receptive field 2W tokens);
+- `full`:  no state, one block (window) covering a whole episode: what attention alone reaches.
+
+Chance is 1/22 = 0.045. Prints a table of recall accuracy per evaluation distance, one row per
+model, and writes JSON with the configuration.
+
+    KERAS_BACKEND=jax python bench/needle.py --needles 1 --train-distances 1-30 --eval 5,10,30
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+
+import keras
+import numpy as np
+
+import keras_brt
+
+W, VOCAB, MARKER = 8, 32, 1
+FILLER = np.arange(2, 10)
+PAYLOAD = np.arange(10, 32)  # chance: 1 / 22
+
+
+def parse_range(text):
+    """"1-30" → [1..30]; "5,10" → [5, 10]."""
+    values = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        values.extend(range(int(lo), int(hi or lo) + 1))
+    return values
+
+
+def episode(rng, distance, needles, segment_blocks):
+    """One episode, a whole number of segments long: `(x, y, weights)` of equal length."""
+    blocks = segment_blocks * -(-(distance + 1) // segment_blocks)
+    x = rng.choice(FILLER, blocks * W)
+    positions = np.sort(rng.choice(W, needles, replace=False))
+    payload = rng.choice(PAYLOAD, needles)
+    x[positions] = payload
+    query = distance * W
+    x[query] = MARKER
+    x[query + 1:query + needles] = payload[:-1]
+    y = np.zeros_like(x)
+    weights = np.zeros(x.shape, "float32")
+    y[query:query + needles] = payload
+    weights[query:query + needles] = 1.0
+    return x, y, weights
+
+
+def lane_arrays(rng, steps, lanes, distances, needles, segment_blocks):
+    """`steps` batches of `lanes` rows, each lane a stream of episodes: arrays ordered
+    (step, lane) so that `fit(batch_size=lanes, shuffle=False)` keeps every lane's stream."""
+    t = segment_blocks * W
+    x = np.zeros((steps, lanes, t), "int32")
+    y = np.zeros((steps, lanes, t), "int32")
+    w = np.zeros((steps, lanes, t), "float32")
+    sos = np.zeros((steps, lanes), bool)
+    for lane in range(lanes):
+        step = 0
+        while step < steps:
+            ex, ey, ew = episode(rng, int(rng.choice(distances)), needles, segment_blocks)
+            sos[step, lane] = True
+            for i in range(len(ex) // t):
+                if step + i >= steps:
+                    break
+                sl = slice(i * t, (i + 1) * t)
+                x[step + i, lane], y[step + i, lane], w[step + i, lane] = ex[sl], ey[sl], ew[sl]
+            step += len(ex) // t
+    flat = lambda a: a.reshape((steps * lanes,) + a.shape[2:])
+    return flat(x), flat(y), flat(w), flat(sos)
+
+
+def recall_accuracy(lm, rng, distance, needles, segment_blocks, rows=256):
+    """Accuracy of the recalled tokens at `distance`, the state carried segment by segment."""
+    episodes = [episode(rng, distance, needles, segment_blocks) for _ in range(rows)]
+    x, y, w = (np.stack(e) for e in zip(*episodes))
+    t = segment_blocks * W
+    state, correct = None, []
+    for start in range(0, x.shape[1], t):
+        logits, state = lm.call_with_state(
+            x[:, start:start + t], state, np.full(rows, start == 0))
+        pred = np.argmax(np.asarray(logits), -1)
+        mask = w[:, start:start + t] > 0
+        correct.extend((pred == y[:, start:start + t])[mask].tolist())
+    return float(np.mean(correct))
+
+
+def make_lm(model, episode_tokens, args, dtype):
+    common = dict(vocabulary_size=VOCAB, num_layers=2, hidden_dim=64, num_heads=4, head_dim=16,
+                  intermediate_dim=256, num_state_vectors=args.state_vectors,
+                  attention_scale_init=args.attention_scale_init, dtype=dtype)
+    common.update(json.loads(args.config))
+    if model == "rec":
+        config = dict(common, block_size=W, recurrent_layers=(-1,))
+    elif model == "slide":
+        config = dict(common, block_size=W, recurrent_layers=())
+    else:  # "full": the window covers a whole episode.
+        config = dict(common, block_size=episode_tokens, recurrent_layers=())
+    backbone = keras_brt.models.BlockRecurrentTransformerBackbone(**config)
+    return keras_brt.models.BlockRecurrentTransformerCausalLM(backbone), config
+
+
+class Trace(keras.callbacks.Callback):
+    """Every `every` steps: the loss, and the state path's scales and gate."""
+
+    def __init__(self, every, log):
+        super().__init__()
+        self.every, self.log, self.rows = every, log, []
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (batch + 1) % self.every:
+            return
+        row = {"step": batch + 1, "loss": float(logs["loss"])}
+        for v in self.model.trainable_variables:
+            name = v.path.split("/", 3)[-1]
+            if any(k in name for k in ("scale", "state_gate")) and "norm" not in name:
+                value = np.asarray(v)
+                row[name] = [float(np.abs(value).mean()), float(value.std())] if value.ndim else float(value)
+        self.rows.append(row)
+        if self.log:
+            print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()
+                              if k in ("step", "loss") or "state" in k}), flush=True)
+
+
+def run(model, args, dtype):
+    keras.utils.set_random_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    distances = parse_range(args.train_distances)
+    segment_blocks = args.segment_blocks
+    if model == "full":  # One segment = one episode = one window.
+        segment_blocks = max(distances) + 1
+    lm, config = make_lm(model, segment_blocks * W, args, dtype)
+    lm.build({"token_ids": (args.batch, segment_blocks * W)})
+    for key, value in json.loads(args.init).items():
+        for v in lm.weights:
+            if key in v.path:
+                r = np.random.default_rng(0)
+                if isinstance(value, str):  # "chrono:T": log(U(1, T - 1))
+                    value = np.log(r.uniform(1, float(value.split(":")[1]) - 1, v.shape))
+                elif isinstance(value, list):
+                    value = r.normal(value[0], 0.1, v.shape)
+                v.assign(np.broadcast_to(np.asarray(value, v.dtype), v.shape))
+    lm.compile(optimizer=keras.optimizers.Adam(args.learning_rate, global_clipnorm=1.0),
+               jit_compile=True)
+    x, y, w, sos = lane_arrays(rng, args.steps, args.batch, distances, args.needles, segment_blocks)
+    trace = Trace(args.trace_every, args.verbose)
+    start = time.perf_counter()
+    lm.fit({"token_ids": x, "start_of_sequence": sos}, y, sample_weight=w, batch_size=args.batch,
+           shuffle=False, verbose=0, callbacks=[trace])
+    seconds = time.perf_counter() - start
+    eval_rng = np.random.default_rng(args.seed + 1000)
+    scores = {d: recall_accuracy(lm, eval_rng, d, args.needles, segment_blocks)
+              for d in parse_range(args.eval)}
+    return {"model": model, "config": config, "segment_blocks": segment_blocks,
+            "accuracy": scores, "train_seconds": seconds, "trace": trace.rows}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", default="rec,slide")
+    parser.add_argument("--needles", type=int, default=1)
+    parser.add_argument("--train-distances", default="5")
+    parser.add_argument("--eval", default="5")
+    parser.add_argument("--segment-blocks", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--learning-rate", type=float, default=3e-3)
+    parser.add_argument("--state-vectors", type=int, default=8)
+    parser.add_argument("--attention-scale-init", type=float, default=4.0)
+    parser.add_argument("--config", default="{}", help="JSON of extra backbone arguments")
+    parser.add_argument("--init", default="{}", help="JSON {variable-name substring: value} set after build")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--trace-every", type=int, default=250)
+    parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--output", default=None)
+    args = parser.parse_args(argv)
+
+    results = []
+    for model in args.models.split(","):
+        result = run(model, args, args.dtype)
+        results.append(result)
+        print(f"{model:6s} " + "  ".join(f"{d}:{a:.3f}" for d, a in result["accuracy"].items())
+              + f"  ({result['train_seconds']:.0f} s)", flush=True)
+        if args.output:
+            write(args, results)
+    print(f"\nneedle recall, {args.needles} token(s), chance {1 / len(PAYLOAD):.3f}; "
+          f"trained on distances {args.train_distances}, {args.steps} steps x {args.batch}")
+    print("model   " + "  ".join(f"{d:>6}" for d in parse_range(args.eval)))
+    for r in results:
+        print(f"{r['model']:7s} " + "  ".join(f"{a:6.3f}" for a in r["accuracy"].values()))
+
+
+def write(args, results):
+    import jax  # noqa: F401  (the JAX backend names the device)
+
+    report = {
+        "date": datetime.date.today().isoformat(),
+        "backend": keras.backend.backend(),
+        "device": str(keras.src.backend.jax.core.jax.devices()[0].device_kind)
+        if keras.backend.backend() == "jax" else platform.processor(),
+        "args": vars(args),
+        "results": results,
+    }
+    os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
+    with open(args.output, "w") as f:
+        json.dump(report, f, indent=1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
