@@ -26,6 +26,8 @@ Size glossary: B batch, W block size, S state vectors, D hidden size, H heads,
 K head size, I MLP width.
 """
 
+import math
+
 import keras
 from keras import ops
 from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
@@ -51,6 +53,22 @@ from keras_brt.layers.gates import GATES, get_gate
 from keras_brt.layers.relative_position import RelativePositionBias
 
 STATE_MLPS = ("skip", "single", "dual")
+
+
+def key_count_scale(num_keys):
+    """`log2(n² - n)`, the initial logit scale of cosine attention over n keys (Henry et
+    al., 2020); 1.0 for a single key."""
+    return math.log2(num_keys * num_keys - num_keys) if num_keys > 1 else 1.0
+
+
+def check_scale_init(arg, value):
+    """Raises a `ValueError` naming `arg` unless `value` is "auto", None or a positive float."""
+    if value in ("auto", None):
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(
+            f'`{arg}` must be "auto", None or a positive float. Received: {arg}={value!r}'
+        )
 
 
 @keras.saving.register_keras_serializable(package="keras_brt")
@@ -89,15 +107,21 @@ class BlockRecurrentCell(DropoutRNNCell, keras.layers.Layer):
         relative_position_buckets: int. T5 buckets (32).
         relative_position_max_distance: int. T5 max distance (128).
         attention_scale_init: float. Initial per-head logit scale (meliad: 1.0).
-        state_attention_scale_init: float or None. Initial logit scale of the
-            three attentions of the state path (states reading states, states
-            reading the window, tokens reading the states); None (the paper's
-            setting) uses `attention_scale_init`. Cosine logits times a small
-            scale spread attention almost evenly over the 2W tokens a state
-            reads, so a state cannot pick out one token until the scale grows.
+        state_attention_scale_init: `"auto"`, float or None. Initial logit
+            scale of the three attentions of the state path (states reading
+            states, states reading the 2W-token window, tokens reading the
+            states). `"auto"` (the default) sets each to `log2(n² - n)` for the
+            n keys it reads (Henry et al., 2020, "Query-Key Normalization for
+            Transformers"): 18 for 512 keys, 20 for 1024. None uses
+            `attention_scale_init` (the paper's setting). Cosine logits times a
+            small scale spread attention almost evenly over hundreds of keys,
+            and Adam moves a scale by about one learning rate per step, so the
+            scales stay where they start.
         gate_bias_init: float. Mean of the gate's keep bias at initialisation
-            (`FixedGate` / `LSTMGate` `bias_init`); the paper's 0.0 starts the
-            fixed gate at 0.5, which forgets too fast for the state to learn.
+            (`FixedGate` / `LSTMGate` `bias_init`). The default 2.0 starts the
+            fixed gate at 0.88 (a memory of about eight blocks); the paper's
+            0.0 starts it at 0.5, which forgets too fast for the state to learn
+            (bench/results/NOTES.md, "Making the state learn").
         seed: int or None. Seed of the dropout masks.
         **kwargs: base layer arguments such as `name` and `dtype`.
 
@@ -134,8 +158,8 @@ class BlockRecurrentCell(DropoutRNNCell, keras.layers.Layer):
         relative_position_buckets=32,
         relative_position_max_distance=128,
         attention_scale_init=1.0,
-        state_attention_scale_init=None,
-        gate_bias_init=0.0,
+        state_attention_scale_init="auto",
+        gate_bias_init=2.0,
         seed=None,
         **kwargs,
     ):
@@ -147,6 +171,11 @@ class BlockRecurrentCell(DropoutRNNCell, keras.layers.Layer):
         check_rate("dropout", dropout)
         check_choice("gate", gate, GATES)
         check_choice("state_mlp", state_mlp, STATE_MLPS)
+        check_scale_init("state_attention_scale_init", state_attention_scale_init)
+        if isinstance(gate_bias_init, bool) or not isinstance(gate_bias_init, (int, float)):
+            raise ValueError(
+                f"`gate_bias_init` must be a float. Received: gate_bias_init={gate_bias_init!r}"
+            )
         self.hidden_dim = hidden_dim
         self.num_heads = num_heads
         self.block_size = block_size
@@ -184,9 +213,12 @@ class BlockRecurrentCell(DropoutRNNCell, keras.layers.Layer):
         def projection(units, name, input_dim, activation=None):
             return dense(units, name, self.dtype_policy, input_dim, activation)
 
-        state_scale = self.state_attention_scale_init
-        if state_scale is None:
-            state_scale = self.attention_scale_init
+        def state_scale(num_keys):
+            if self.state_attention_scale_init == "auto":
+                return key_count_scale(num_keys)
+            if self.state_attention_scale_init is None:
+                return self.attention_scale_init
+            return self.state_attention_scale_init
 
         def scale(name, value=self.attention_scale_init):
             return self.add_weight(
@@ -201,7 +233,7 @@ class BlockRecurrentCell(DropoutRNNCell, keras.layers.Layer):
         self.token_qkv_dense = projection(4 * hk, "token_qkv_dense", d)
         self.token_output_dense = projection(d, "token_output_dense", 2 * hk)
         self.token_self_scale = scale("token_self_scale")
-        self.token_cross_scale = scale("token_cross_scale", state_scale)
+        self.token_cross_scale = scale("token_cross_scale", state_scale(s))
         self.relative_position = RelativePositionBias(
             self.num_heads,
             num_buckets=self.relative_position_buckets,
@@ -227,8 +259,8 @@ class BlockRecurrentCell(DropoutRNNCell, keras.layers.Layer):
             name="initial_state",
         )
         self.state_qkv_dense = projection(4 * hk, "state_qkv_dense", d)
-        self.state_self_scale = scale("state_self_scale", state_scale)
-        self.state_cross_scale = scale("state_cross_scale", state_scale)
+        self.state_self_scale = scale("state_self_scale", state_scale(s))
+        self.state_cross_scale = scale("state_cross_scale", state_scale(2 * self.block_size))
 
         # State update: "skip" and "dual" project 2HK -> D; "single" is an MLP.
         if self.state_mlp == "single":

@@ -4,7 +4,11 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_brt.layers.block_recurrent_cell import STATE_MLPS, BlockRecurrentCell
+from keras_brt.layers.block_recurrent_cell import (
+    STATE_MLPS,
+    BlockRecurrentCell,
+    check_scale_init,
+)
 from keras_brt.layers.block_recurrent_rnn import BlockRecurrentRNN
 from keras_brt.layers.common import (
     check_choice,
@@ -71,11 +75,13 @@ class BlockRecurrentTransformerBackbone(keras.Model):
         relative_position_buckets: int. T5 buckets (32).
         relative_position_max_distance: int. T5 max distance (128).
         attention_scale_init: float. Initial per-head logit scale (meliad 1.0).
-        state_attention_scale_init: float or None. Initial logit scale of the
-            recurrent layers' state attentions (None: `attention_scale_init`,
-            the paper's setting). See `BlockRecurrentCell`.
+        state_attention_scale_init: `"auto"` (default), float or None. Initial
+            logit scale of the recurrent layers' state attentions: `"auto"` is
+            `log2(n² - n)` for the n keys each reads; None is
+            `attention_scale_init` (the paper's setting). See `BlockRecurrentCell`.
         gate_bias_init: float. Mean of the state gate's keep bias at
-            initialisation (the paper's 0.0 starts the fixed gate at 0.5).
+            initialisation: 2.0 (default) starts the fixed gate at 0.88, the
+            paper's 0.0 at 0.5, which forgets too fast for the state to learn.
             See `BlockRecurrentCell`.
         **kwargs: base model arguments such as `name` and `dtype`.
 
@@ -123,8 +129,8 @@ class BlockRecurrentTransformerBackbone(keras.Model):
         relative_position_buckets=32,
         relative_position_max_distance=128,
         attention_scale_init=1.0,
-        state_attention_scale_init=None,
-        gate_bias_init=0.0,
+        state_attention_scale_init="auto",
+        gate_bias_init=2.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -137,6 +143,11 @@ class BlockRecurrentTransformerBackbone(keras.Model):
         check_rate("dropout", dropout)
         check_choice("gate", gate, GATES)
         check_choice("state_mlp", state_mlp, STATE_MLPS)
+        check_scale_init("state_attention_scale_init", state_attention_scale_init)
+        if isinstance(gate_bias_init, bool) or not isinstance(gate_bias_init, (int, float)):
+            raise ValueError(
+                f"`gate_bias_init` must be a float. Received: gate_bias_init={gate_bias_init!r}"
+            )
         if isinstance(recurrent_layers, int) or not all(
             isinstance(i, int) and not isinstance(i, bool) for i in recurrent_layers
         ):
