@@ -167,23 +167,46 @@ def by_position_ranges(result):
     return ranges
 
 
-def plot_curves(curves, path, tokens_per_step, window=50):
+def plot_curves(curves, path, tokens_per_step, window=50, reference="Slide"):
     """PNG of the training loss in bits per token against training tokens (`window`-step
-    means). The runs read less than one pass over their corpus, so every training batch is
-    new text: the curve is an estimate of held-out loss as training goes."""
+    means), and of each model's difference to the `reference` model (the first label that
+    starts with it) over `4 * window`-step means. The runs read less than one pass over their
+    corpus, so every training batch is new text: the curves estimate held-out loss as
+    training goes. Every model reads the same batches, so the differences are free of the
+    batches' own ups and downs."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(7, 4))
+    def smooth(values, n):
+        n = min(n, len(values))
+        return np.convolve(values, np.ones(n) / n, mode="valid") / np.log(2), n
+
+    base = next((np.asarray(v) for k, v in curves.items() if k.startswith(reference)), None)
+    figure, axes = plt.subplots(1, 1 if base is None else 2, figsize=(7 if base is None else 13, 4),
+                                squeeze=False)
+    final = []
     for label, losses in curves.items():
-        window = min(window, len(losses))
-        smooth = np.convolve(losses, np.ones(window) / window, mode="valid") / np.log(2)
-        axis.plot((np.arange(len(smooth)) + window) * tokens_per_step / 1e6, smooth, label=label)
-    axis.set_xlabel("training tokens (millions)")
-    axis.set_ylabel(f"training bits per token ({window}-step mean)")
-    axis.legend()
+        values, n = smooth(losses, window)
+        (line,) = axes[0, 0].plot((np.arange(len(values)) + n) * tokens_per_step / 1e6, values,
+                                  label=label)
+        final.append(values[-1])
+        if base is not None and not label.startswith(reference):
+            steps = min(len(losses), len(base))
+            diff, n = smooth(np.asarray(losses[:steps]) - base[:steps], 4 * window)
+            axes[0, 1].plot((np.arange(len(diff)) + n) * tokens_per_step / 1e6, diff, label=label,
+                            color=line.get_color())
+    axes[0, 0].set_ylim(min(final) - 0.15, max(final) + 0.6)
+    axes[0, 0].set_xlabel("training tokens (millions)")
+    axes[0, 0].set_ylabel(f"training bits per token ({window}-step mean)")
+    axes[0, 0].legend()
+    if base is not None:
+        axes[0, 1].axhline(0.0, color="grey", linewidth=0.8)
+        axes[0, 1].set_ylim(-0.1, 0.1)  # the early steps differ by far more
+        axes[0, 1].set_xlabel("training tokens (millions)")
+        axes[0, 1].set_ylabel(f"minus {reference} on the same batches ({4 * window}-step mean)")
+        axes[0, 1].legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
 
