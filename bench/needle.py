@@ -116,16 +116,17 @@ def make_lm(model, episode_tokens, args, dtype):
 
 
 class Trace(keras.callbacks.Callback):
-    """Every `every` steps: the loss, and the state path's scales and gate."""
+    """Every `every` steps: the loss, recall at each evaluation distance, and the state
+    path's scales and gate."""
 
-    def __init__(self, every, log):
+    def __init__(self, every, log, evaluate):
         super().__init__()
-        self.every, self.log, self.rows = every, log, []
+        self.every, self.log, self.evaluate, self.rows = every, log, evaluate, []
 
     def on_train_batch_end(self, batch, logs=None):
         if (batch + 1) % self.every:
             return
-        row = {"step": batch + 1, "loss": float(logs["loss"])}
+        row = {"step": batch + 1, "loss": float(logs["loss"]), "accuracy": self.evaluate(self.model)}
         for v in self.model.trainable_variables:
             name = v.path.split("/", 3)[-1]
             if any(k in name for k in ("scale", "state_gate")) and "norm" not in name:
@@ -134,7 +135,7 @@ class Trace(keras.callbacks.Callback):
         self.rows.append(row)
         if self.log:
             print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()
-                              if k in ("step", "loss") or "state" in k}), flush=True)
+                              if k in ("step", "loss", "accuracy") or "state" in k}), flush=True)
 
 
 def run(model, args, dtype):
@@ -158,16 +159,23 @@ def run(model, args, dtype):
     lm.compile(optimizer=keras.optimizers.Adam(args.learning_rate, global_clipnorm=1.0),
                jit_compile=True)
     x, y, w, sos = lane_arrays(rng, args.steps, args.batch, distances, args.needles, segment_blocks)
-    trace = Trace(args.trace_every, args.verbose)
+    def evaluate(lm, rows=256):
+        eval_rng = np.random.default_rng(args.seed + 1000)  # the same episodes every time
+        return {d: recall_accuracy(lm, eval_rng, d, args.needles, segment_blocks, rows)
+                for d in parse_range(args.eval)}
+
+    trace = Trace(args.trace_every, args.verbose, evaluate)
     start = time.perf_counter()
     lm.fit({"token_ids": x, "start_of_sequence": sos}, y, sample_weight=w, batch_size=args.batch,
            shuffle=False, verbose=0, callbacks=[trace])
     seconds = time.perf_counter() - start
-    eval_rng = np.random.default_rng(args.seed + 1000)
-    scores = {d: recall_accuracy(lm, eval_rng, d, args.needles, segment_blocks)
-              for d in parse_range(args.eval)}
+    scores = evaluate(lm, rows=512)
+    # The first traced step from which recall stays at or above 0.95 at every distance.
+    solved = next((r["step"] for i, r in enumerate(trace.rows)
+                   if all(min(t["accuracy"].values()) >= 0.95 for t in trace.rows[i:])), None)
     return {"model": model, "config": config, "segment_blocks": segment_blocks,
-            "accuracy": scores, "train_seconds": seconds, "trace": trace.rows}
+            "accuracy": scores, "steps_to_0.95": solved, "train_seconds": seconds,
+            "trace": trace.rows}
 
 
 def main(argv=None):
@@ -186,7 +194,8 @@ def main(argv=None):
     parser.add_argument("--init", default="{}", help="JSON {variable-name substring: value} set after build")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--trace-every", type=int, default=250)
+    parser.add_argument("--trace-every", type=int, default=250,
+                        help="log and measure recall (256 episodes) every N steps")
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
@@ -196,14 +205,16 @@ def main(argv=None):
         result = run(model, args, args.dtype)
         results.append(result)
         print(f"{model:6s} " + "  ".join(f"{d}:{a:.3f}" for d, a in result["accuracy"].items())
-              + f"  ({result['train_seconds']:.0f} s)", flush=True)
+              + f"  steps to 0.95: {result['steps_to_0.95']}  ({result['train_seconds']:.0f} s)",
+              flush=True)
         if args.output:
             write(args, results)
     print(f"\nneedle recall, {args.needles} token(s), chance {1 / len(PAYLOAD):.3f}; "
           f"trained on distances {args.train_distances}, {args.steps} steps x {args.batch}")
-    print("model   " + "  ".join(f"{d:>6}" for d in parse_range(args.eval)))
+    print("model   " + "  ".join(f"{d:>6}" for d in parse_range(args.eval)) + "  steps to 0.95")
     for r in results:
-        print(f"{r['model']:7s} " + "  ".join(f"{a:6.3f}" for a in r["accuracy"].values()))
+        print(f"{r['model']:7s} " + "  ".join(f"{a:6.3f}" for a in r["accuracy"].values())
+              + f"  {r['steps_to_0.95'] or '-':>13}")
 
 
 def write(args, results):

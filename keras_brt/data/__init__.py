@@ -1,4 +1,5 @@
-"""Data for long-document language modeling: sources, tokenizers, lane streaming.
+"""Data for long-document language modeling: sources, tokenizers, lane streaming,
+and the synthetic needle-recall task (`needles`).
 
 This subpackage uses TensorFlow (tf.data, tensorflow-text); the modeling code in
 `keras_brt.layers` and `keras_brt.models` does not. Its names are imported on first
@@ -18,6 +19,9 @@ _WHERE = {
     "ByteTokenizer": "tokenizers",
     "SentencePieceTokenizer": "tokenizers",
     "train_sentencepiece": "tokenizers",
+    "needle_episode": "needles",
+    "needle_lanes": "needles",
+    "needle_recall_accuracy": "needles",
 }
 
 
@@ -39,6 +43,9 @@ __all__ = [
     "TFDSSource",
     "lane_batches",
     "lane_dataset",
+    "needle_episode",
+    "needle_lanes",
+    "needle_recall_accuracy",
     "stdlib_source",
     "train_sentencepiece",
 ]
