@@ -1,11 +1,10 @@
 """Needle recall: can the recurrent state carry a few random tokens across many blocks?
 
-A stream of episodes per lane. An episode starts a document (`start_of_sequence`); its first
-block holds `needles` random payload tokens (1 of 22 ids each) among filler; `distance` blocks
-later a query block starts with a marker and asks for the payload in order (teacher forced:
-`marker, p1, p2, ...` → targets `p1, p2, p3, ...`). The loss counts only the recalled tokens.
-Episodes are whole training segments long, so a distance of 30 blocks with 10-block segments
-crosses segment boundaries: the state is carried there with no gradient.
+The task is `keras_brt.data.needles`: a stream of episodes per lane, each a document whose
+first block holds `needles` random payload tokens (1 of 22 ids each) among filler and whose
+query block, `distance` blocks later, asks for them in order. The loss counts only the recalled
+tokens. Episodes are whole training segments long, so a distance of 30 blocks with 10-block
+segments crosses segment boundaries: the state is carried there with no gradient.
 
 Models (2 layers, D=64, W=8, 8 state vectors, vocabulary 32, Adam):
 - `rec`:  Rec:fixed:skip (the recurrent layer last) on segments of `--segment-blocks` blocks;
@@ -30,10 +29,10 @@ import keras
 import numpy as np
 
 import keras_brt
+from keras_brt.data import needle_lanes, needle_recall_accuracy
+from keras_brt.data.needles import PAYLOAD, VOCABULARY_SIZE
 
-W, VOCAB, MARKER = 8, 32, 1
-FILLER = np.arange(2, 10)
-PAYLOAD = np.arange(10, 32)  # chance: 1 / 22
+W = 8
 
 
 def parse_range(text):
@@ -45,63 +44,8 @@ def parse_range(text):
     return values
 
 
-def episode(rng, distance, needles, segment_blocks):
-    """One episode, a whole number of segments long: `(x, y, weights)` of equal length."""
-    blocks = segment_blocks * -(-(distance + 1) // segment_blocks)
-    x = rng.choice(FILLER, blocks * W)
-    positions = np.sort(rng.choice(W, needles, replace=False))
-    payload = rng.choice(PAYLOAD, needles)
-    x[positions] = payload
-    query = distance * W
-    x[query] = MARKER
-    x[query + 1:query + needles] = payload[:-1]
-    y = np.zeros_like(x)
-    weights = np.zeros(x.shape, "float32")
-    y[query:query + needles] = payload
-    weights[query:query + needles] = 1.0
-    return x, y, weights
-
-
-def lane_arrays(rng, steps, lanes, distances, needles, segment_blocks):
-    """`steps` batches of `lanes` rows, each lane a stream of episodes: arrays ordered
-    (step, lane) so that `fit(batch_size=lanes, shuffle=False)` keeps every lane's stream."""
-    t = segment_blocks * W
-    x = np.zeros((steps, lanes, t), "int32")
-    y = np.zeros((steps, lanes, t), "int32")
-    w = np.zeros((steps, lanes, t), "float32")
-    sos = np.zeros((steps, lanes), bool)
-    for lane in range(lanes):
-        step = 0
-        while step < steps:
-            ex, ey, ew = episode(rng, int(rng.choice(distances)), needles, segment_blocks)
-            sos[step, lane] = True
-            for i in range(len(ex) // t):
-                if step + i >= steps:
-                    break
-                sl = slice(i * t, (i + 1) * t)
-                x[step + i, lane], y[step + i, lane], w[step + i, lane] = ex[sl], ey[sl], ew[sl]
-            step += len(ex) // t
-    flat = lambda a: a.reshape((steps * lanes,) + a.shape[2:])
-    return flat(x), flat(y), flat(w), flat(sos)
-
-
-def recall_accuracy(lm, rng, distance, needles, segment_blocks, rows=256):
-    """Accuracy of the recalled tokens at `distance`, the state carried segment by segment."""
-    episodes = [episode(rng, distance, needles, segment_blocks) for _ in range(rows)]
-    x, y, w = (np.stack(e) for e in zip(*episodes))
-    t = segment_blocks * W
-    state, correct = None, []
-    for start in range(0, x.shape[1], t):
-        logits, state = lm.call_with_state(
-            x[:, start:start + t], state, np.full(rows, start == 0))
-        pred = np.argmax(np.asarray(logits), -1)
-        mask = w[:, start:start + t] > 0
-        correct.extend((pred == y[:, start:start + t])[mask].tolist())
-    return float(np.mean(correct))
-
-
 def make_lm(model, episode_tokens, args, dtype):
-    common = dict(vocabulary_size=VOCAB, num_layers=2, hidden_dim=64, num_heads=4, head_dim=16,
+    common = dict(vocabulary_size=VOCABULARY_SIZE, num_layers=2, hidden_dim=64, num_heads=4, head_dim=16,
                   intermediate_dim=256, num_state_vectors=args.state_vectors,
                   attention_scale_init=args.attention_scale_init, dtype=dtype)
     common.update(json.loads(args.config))
@@ -158,16 +102,15 @@ def run(model, args, dtype):
                 v.assign(np.broadcast_to(np.asarray(value, v.dtype), v.shape))
     lm.compile(optimizer=keras.optimizers.Adam(args.learning_rate, global_clipnorm=1.0),
                jit_compile=True)
-    x, y, w, sos = lane_arrays(rng, args.steps, args.batch, distances, args.needles, segment_blocks)
+    x, y, w = needle_lanes(rng, args.steps, args.batch, distances, args.needles, W, segment_blocks)
     def evaluate(lm, rows=256):
         eval_rng = np.random.default_rng(args.seed + 1000)  # the same episodes every time
-        return {d: recall_accuracy(lm, eval_rng, d, args.needles, segment_blocks, rows)
+        return {d: needle_recall_accuracy(lm, eval_rng, d, args.needles, W, segment_blocks, rows)
                 for d in parse_range(args.eval)}
 
     trace = Trace(args.trace_every, args.verbose, evaluate)
     start = time.perf_counter()
-    lm.fit({"token_ids": x, "start_of_sequence": sos}, y, sample_weight=w, batch_size=args.batch,
-           shuffle=False, verbose=0, callbacks=[trace])
+    lm.fit(x, y, sample_weight=w, batch_size=args.batch, shuffle=False, verbose=0, callbacks=[trace])
     seconds = time.perf_counter() - start
     scores = evaluate(lm, rows=512)
     # The first traced step from which recall stays at or above 0.95 at every distance.
