@@ -8,6 +8,13 @@ up so that every model sees the same number of tokens per step).
 The paper sizes follow meliad's `size/medium_150M.gin`: 12 layers, D = 1024,
 8 heads of 128, MLP 4096, the T5 SentencePiece vocabulary padded to 32128,
 W = 512, S = 512, the recurrent layer at index -3 (the 10th of 12).
+
+The recurrent presets initialise the state as the backbone does by default
+(`gate_bias_init=2.0`, `state_attention_scale_init="auto"`), not as the paper
+does: with the paper's initialisation the state learns almost nothing at the
+scales one GPU trains (bench/results/NOTES.md, "Making the state learn").
+Pass `gate_bias_init=0.0, state_attention_scale_init=None` to `from_preset` for
+the paper's.
 """
 
 _PAPER = {

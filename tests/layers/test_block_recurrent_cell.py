@@ -194,6 +194,38 @@ def test_bad_arguments():
         BlockRecurrentRNN(keras.layers.LSTMCell(4))
     with pytest.raises(ValueError, match="Received: unroll=-1"):
         BlockRecurrentRNN(BlockRecurrentCell(**CONFIG), unroll=-1)
+    with pytest.raises(ValueError, match="state_attention_scale_init='large'"):
+        BlockRecurrentCell(**CONFIG, state_attention_scale_init="large")
+    with pytest.raises(ValueError, match="state_attention_scale_init=-2"):
+        BlockRecurrentCell(**CONFIG, state_attention_scale_init=-2)
+    with pytest.raises(ValueError, match="gate_bias_init='high'"):
+        BlockRecurrentCell(**CONFIG, gate_bias_init="high")
+
+
+@pytest.mark.parametrize("gate", ["fixed", "lstm"])
+def test_state_initialisation_default_and_paper(gate):
+    """The default starts the state's attentions at log2(n² - n) for their n keys and the
+    keep gate at sigmoid(2) (+1 for the LSTM's forget offset); the paper's setting shares
+    `attention_scale_init` and starts the gate at sigmoid(0)."""
+    key_scale = lambda n: np.log2(n * n - n)
+    old = np.ones((1, S, D), "float32")
+    zeros = np.zeros_like(old)
+    gate_input = np.zeros((1, S, 2 * H * K), "float32")
+    for init, scales, keep in (
+        ({}, (key_scale(S), key_scale(2 * W), key_scale(S)), 2.0),
+        ({"gate_bias_init": 0.0, "state_attention_scale_init": None}, (3.0, 3.0, 3.0), 0.0),
+        ({"state_attention_scale_init": 7.5}, (7.5, 7.5, 7.5), 2.0),
+    ):
+        cell = BlockRecurrentCell(**CONFIG, gate=gate, attention_scale_init=3.0, **init)
+        cell.build((None, W, D))
+        for variable, expected in zip(
+            (cell.state_self_scale, cell.state_cross_scale, cell.token_cross_scale), scales
+        ):
+            np.testing.assert_allclose(np.asarray(variable), expected, rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(cell.token_self_scale), 3.0)
+        offset = 1.0 if gate == "lstm" else 0.0
+        kept = np.asarray(cell.state_gate(old, zeros, gate_input))  # the keep gate itself
+        assert abs(kept.mean() - reference.sigmoid(keep + offset)) < 0.03, (init, kept.mean())
 
 
 @pytest.mark.parametrize(

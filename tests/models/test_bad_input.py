@@ -25,6 +25,9 @@ Backbone = keras_brt.models.BlockRecurrentTransformerBackbone
         ({"recurrent_layers": 1}, r"recurrent_layers=1"),
         ({"gate": "gru"}, r"gate='gru'"),
         ({"state_mlp": "triple"}, r"state_mlp='triple'"),
+        ({"state_attention_scale_init": "big"}, r"state_attention_scale_init='big'"),
+        ({"state_attention_scale_init": 0}, r"state_attention_scale_init=0"),
+        ({"gate_bias_init": None}, r"gate_bias_init=None"),
     ],
 )
 def test_impossible_configurations(overrides, match):
