@@ -6,16 +6,19 @@ block average was enough; one random token among filler, asked for a few blocks 
 recalled at chance. These tests would have caught that.
 """
 
+import os
+import sys
+
 import keras
 import numpy as np
 import pytest
 from keras import ops
 
 import keras_brt
-from keras_brt.data import needle_lanes, needle_recall_accuracy
-from keras_brt.data.needles import PAYLOAD, VOCABULARY_SIZE
+from keras_brt.data.needles import PAYLOAD
 from keras_brt.layers import BlockRecurrentCell, BlockRecurrentRNN
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 W, D = 4, 16
 CELL = dict(hidden_dim=D, num_heads=2, head_dim=8, block_size=W, num_state_vectors=4,
             intermediate_dim=32)
@@ -60,26 +63,17 @@ def test_gradients_from_later_blocks_reach_the_tokens_the_state_read(parallel_to
     assert slide_grad[4] > 0
 
 
-def _train_and_recall(recurrent_layers, steps=800, lanes=32, seed=0):
-    """A 2-layer model trained on needle episodes of 2 to 6 blocks with segments of 4
-    blocks; recall measured at 6 blocks, across a segment boundary (no gradient there)."""
-    keras.utils.set_random_seed(seed)
-    backbone = keras_brt.models.BlockRecurrentTransformerBackbone(
-        VOCABULARY_SIZE, 2, 64, 4, 16, 256, block_size=8, num_state_vectors=8,
-        recurrent_layers=recurrent_layers, attention_scale_init=4.0)
-    lm = keras_brt.models.BlockRecurrentTransformerCausalLM(backbone)
-    lm.compile(optimizer=keras.optimizers.Adam(3e-3, global_clipnorm=1.0), jit_compile=True)
-    rng = np.random.default_rng(seed)
-    x, y, weights = needle_lanes(rng, steps, lanes, range(2, 7), block_size=8, segment_blocks=4)
-    lm.fit(x, y, sample_weight=weights, batch_size=lanes, shuffle=False, verbose=0)
-    return needle_recall_accuracy(lm, np.random.default_rng(seed + 1), 6, block_size=8,
-                                  segment_blocks=4)
-
-
 @pytest.mark.slow
 def test_rec_recalls_one_random_token_across_a_segment_and_slide_cannot():
-    rec = _train_and_recall((-1,))
-    slide = _train_and_recall(())
+    """examples/needle_recall.py: a 2-layer model trained on episodes of 2 to 6 blocks with
+    segments of 4 blocks; recall at 6 blocks, across a segment boundary (no gradient there)."""
+    sys.path.insert(0, os.path.join(ROOT, "examples"))
+    try:
+        from needle_recall import train_and_recall
+    finally:
+        sys.path.pop(0)
+    rec = train_and_recall((-1,))
+    slide = train_and_recall(())
     chance = 1 / len(PAYLOAD)
     print(f"\nneedle recall at 6 blocks (chance {chance:.3f}): Rec:fixed:skip {rec:.3f}, Slide {slide:.3f}")
     assert rec >= 0.9
