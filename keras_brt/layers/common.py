@@ -44,6 +44,12 @@ def check_positive_int(arg, value, allow_none=False):
         raise ValueError(f"`{arg}` must be a positive integer. Received: {arg}={value!r}")
 
 
+def check_float(arg, value):
+    """Raises a `ValueError` naming `arg` unless `value` is a (non-bool) real number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"`{arg}` must be a float. Received: {arg}={value!r}")
+
+
 def check_rate(arg, value):
     """Raises a `ValueError` naming `arg` unless `0 <= value < 1`."""
     if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:

@@ -12,6 +12,7 @@ from keras_brt.layers.block_recurrent_cell import (
 from keras_brt.layers.block_recurrent_rnn import BlockRecurrentRNN
 from keras_brt.layers.common import (
     check_choice,
+    check_float,
     check_positive_int,
     check_rate,
     resolve_head_dim,
@@ -144,10 +145,7 @@ class BlockRecurrentTransformerBackbone(keras.Model):
         check_choice("gate", gate, GATES)
         check_choice("state_mlp", state_mlp, STATE_MLPS)
         check_scale_init("state_attention_scale_init", state_attention_scale_init)
-        if isinstance(gate_bias_init, bool) or not isinstance(gate_bias_init, (int, float)):
-            raise ValueError(
-                f"`gate_bias_init` must be a float. Received: gate_bias_init={gate_bias_init!r}"
-            )
+        check_float("gate_bias_init", gate_bias_init)
         if isinstance(recurrent_layers, int) or not all(
             isinstance(i, int) and not isinstance(i, bool) for i in recurrent_layers
         ):
