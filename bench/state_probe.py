@@ -67,14 +67,11 @@ def attention_entropy(lm, token_ids):
             x, state[f"layer_{i}_keys"], state[f"layer_{i}_values"])
     h, k, w = cell.num_heads, cell.head_dim, cell.block_size
     batch, num_blocks = token_ids.shape[0], token_ids.shape[1] // w
-    _, keys, _, q_cross = split_heads(cell.token_qkv_dense(cell.token_norm(x)), 4, h, k)
-    keys = ops.reshape(l2_normalize(keys), (batch, num_blocks, w, h, k))
-    q_cross = ops.reshape(l2_normalize(q_cross), (batch, num_blocks, w, h, k))
-    window_keys = block_windows(state[f"layer_{index}_keys"], keys)  # (B, N, 2W, H, K)
-    window_values = block_windows(
-        state[f"layer_{index}_values"],
-        ops.reshape(split_heads(cell.token_qkv_dense(cell.token_norm(x)), 4, h, k)[2],
-                    (batch, num_blocks, w, h, k)))
+    _, keys, values, q_cross = split_heads(cell.token_qkv_dense(cell.token_norm(x)), 4, h, k)
+    by_block = lambda t: ops.reshape(t, (batch, num_blocks, w, h, k))  # (B, N, W, H, K)
+    q_cross = by_block(l2_normalize(q_cross))
+    window_keys = block_windows(state[f"layer_{index}_keys"], by_block(l2_normalize(keys)))
+    window_values = block_windows(state[f"layer_{index}_values"], by_block(values))  # (B, N, 2W, H, K)
     scale = lambda s: np.abs(np.asarray(s, "float32"))[None, :, None, None]
     logit = lambda q, kk, s: np.einsum("bqhk,bshk->bhqs", np.asarray(q, "float32"),
                                        np.asarray(kk, "float32")) * scale(s)
