@@ -21,7 +21,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
 import time
 
@@ -31,6 +30,7 @@ import numpy as np
 import keras_brt
 from keras_brt.data import needle_lanes, needle_recall_accuracy
 from keras_brt.data.needles import PAYLOAD, VOCABULARY_SIZE
+from speed import device_kind  # bench/ is on the path when run as a script
 
 W = 8
 
@@ -161,13 +161,10 @@ def main(argv=None):
 
 
 def write(args, results):
-    import jax  # noqa: F401  (the JAX backend names the device)
-
     report = {
         "date": datetime.date.today().isoformat(),
         "backend": keras.backend.backend(),
-        "device": str(keras.src.backend.jax.core.jax.devices()[0].device_kind)
-        if keras.backend.backend() == "jax" else platform.processor(),
+        "device": device_kind(),
         "args": vars(args),
         "results": results,
     }
