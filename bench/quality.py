@@ -4,10 +4,12 @@ Trains Rec:fixed:skip, Slide and XL for the same number of training tokens on th
 built-in code corpus (this Python's standard library, one document per file, or with
 --data stdlib-directories each directory's files joined into long documents; or a local
 PG19 with --data pg19 --data-dir DIR), then reports held-out bits per token with the state
-carried from segment to segment and with it cleared at every segment, and the recall
-accuracy on the synthetic long-range task of the test suite (a payload 40 tokens back,
-beyond the stacked windows). Writes a PNG of the learning curves and a JSON under
-bench/results/.
+carried from segment to segment and with it cleared at every segment, overall and by
+position inside the documents. The recurrent rows log the state's attention scales, gate,
+attention entropies and gradient norms as they train (bench/state_probe.py); `--variants`
+adds Rec rows with other settings (e.g. the paper's state initialisation). Writes a PNG of
+the learning curves (and of each model minus Slide on the same batches) and a JSON under
+bench/results/. Needle recall has its own script, bench/needle.py.
 
 Sizes: `tiny` (the tiny presets: 4 layers, D=128, W=64; for 2 CPU cores) and `bytes`
 (the byte-level small configuration of bench/speed.py: 6 layers, D=512, W=512, S=512,
@@ -16,7 +18,8 @@ T=2048, batch 16; for a GPU). `--pipeline numpy` feeds the lanes from NumPy
 TensorFlow; `tf` uses `lane_dataset` as `keras-brt train` does.
 
     KERAS_BACKEND=tensorflow python bench/quality.py --steps 150
-    KERAS_BACKEND=jax python bench/quality.py --size bytes --dtype mixed_bfloat16 --steps 2000  # GPU
+    KERAS_BACKEND=jax python bench/quality.py --size bytes --dtype mixed_bfloat16 --steps 3500 \
+        --data directories --data-dir DIR --eval-documents 64 --pipeline numpy  # GPU
 """
 
 import argparse
