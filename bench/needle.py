@@ -31,6 +31,7 @@ import keras_brt
 from keras_brt.data import needle_lanes, needle_recall_accuracy
 from keras_brt.data.needles import PAYLOAD, VOCABULARY_SIZE
 from speed import device_kind  # bench/ is on the path when run as a script
+from state_probe import cell_parameters, recurrent_cells
 
 W = 8
 
@@ -71,11 +72,8 @@ class Trace(keras.callbacks.Callback):
         if (batch + 1) % self.every:
             return
         row = {"step": batch + 1, "loss": float(logs["loss"]), "accuracy": self.evaluate(self.model)}
-        for v in self.model.trainable_variables:
-            name = v.path.split("/", 3)[-1]
-            if any(k in name for k in ("scale", "state_gate")) and "norm" not in name:
-                value = np.asarray(v)
-                row[name] = [float(np.abs(value).mean()), float(value.std())] if value.ndim else float(value)
+        for _, cell in recurrent_cells(self.model):
+            row.update(cell_parameters(cell))
         self.rows.append(row)
         if self.log:
             print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()
@@ -90,16 +88,6 @@ def run(model, args, dtype):
     if model == "full":  # One segment = one episode = one window.
         segment_blocks = max(distances) + 1
     lm, config = make_lm(model, segment_blocks * W, args, dtype)
-    lm.build({"token_ids": (args.batch, segment_blocks * W)})
-    for key, value in json.loads(args.init).items():
-        for v in lm.weights:
-            if key in v.path:
-                r = np.random.default_rng(0)
-                if isinstance(value, str):  # "chrono:T": log(U(1, T - 1))
-                    value = np.log(r.uniform(1, float(value.split(":")[1]) - 1, v.shape))
-                elif isinstance(value, list):
-                    value = r.normal(value[0], 0.1, v.shape)
-                v.assign(np.broadcast_to(np.asarray(value, v.dtype), v.shape))
     lm.compile(optimizer=keras.optimizers.Adam(args.learning_rate, global_clipnorm=1.0),
                jit_compile=True)
     x, y, w = needle_lanes(rng, args.steps, args.batch, distances, args.needles, W, segment_blocks)
@@ -133,8 +121,9 @@ def main(argv=None):
     parser.add_argument("--learning-rate", type=float, default=3e-3)
     parser.add_argument("--state-vectors", type=int, default=8)
     parser.add_argument("--attention-scale-init", type=float, default=4.0)
-    parser.add_argument("--config", default="{}", help="JSON of extra backbone arguments")
-    parser.add_argument("--init", default="{}", help="JSON {variable-name substring: value} set after build")
+    parser.add_argument("--config", default="{}",
+                        help='JSON of extra backbone arguments, e.g. the paper\'s state initialisation '
+                             '{"gate_bias_init": 0.0, "state_attention_scale_init": null}')
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--trace-every", type=int, default=250,

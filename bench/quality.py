@@ -262,7 +262,7 @@ def main():
         raise ValueError(f"`--models` names none of {[m[0] for m in SIZES[args.size]]}. "
                          f"Received: --models={args.models}")
     if args.variants:
-        rec_label, rec_model, rec_segment = SIZES[args.size][0]
+        _, rec_model, rec_segment = SIZES[args.size][0]
         for label, overrides in json.loads(args.variants).items():
             base = dict(get_preset(rec_model)["config"]) if isinstance(rec_model, str) else rec_model
             models.append((label, {**base, **overrides}, rec_segment))
