@@ -49,9 +49,9 @@ def make_lm(model, episode_tokens, args, dtype):
     common = dict(vocabulary_size=VOCABULARY_SIZE, num_layers=2, hidden_dim=64, num_heads=4, head_dim=16,
                   intermediate_dim=256, num_state_vectors=args.state_vectors,
                   attention_scale_init=args.attention_scale_init, dtype=dtype)
-    common.update(json.loads(args.config))
+    common.update(json.loads(args.config))  # may move the recurrent layer: {"recurrent_layers": [1]}
     if model == "rec":
-        config = dict(common, block_size=W, recurrent_layers=(-1,))
+        config = dict({"recurrent_layers": (-1,)}, **common, block_size=W)
     elif model == "slide":
         config = dict(common, block_size=W, recurrent_layers=())
     else:  # "full": the window covers a whole episode.

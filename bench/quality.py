@@ -36,10 +36,10 @@ import numpy as np
 import keras_brt
 from keras_brt.data import lane_batches, stdlib_source
 from keras_brt.models.presets import get_preset
-from keras_brt.training import BitsPerToken, evaluate_bits_per_token, make_eval_step, make_optimizer
+from keras_brt.training import (BitsPerToken, StepLosses, evaluate_bits_per_token, make_eval_step,
+                                make_optimizer)
 from speed import device_kind  # bench/ is on the path when run as a script
 from state_probe import StateProbe
-from tests.models.common import StepLosses  # the suite's per-step loss recorder
 
 # (label, backbone config or preset name, segment length, tokens per step): equal tokens per
 # step for every model (XL trains on window-long segments with a larger batch).
@@ -230,10 +230,14 @@ def main():
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--eval-documents", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0, help="initialisation and document order")
-    parser.add_argument("--models", default=None, help="comma-separated labels to train (default: all)")
+    parser.add_argument("--models", default=None,
+                        help="comma-separated labels to train (default: all; `none` with --variants: "
+                             "only the variants)")
     parser.add_argument("--variants", default=None,
                         help='JSON {"label": {backbone overrides}}: more rows, each the first model '
-                             '(Rec) with those overrides, e.g. the paper\'s initialisation')
+                             '(Rec) with those overrides, e.g. the paper\'s initialisation; '
+                             '"segment_length" sets the row\'s segment (its batch is tokens per step / '
+                             'segment), "recurrent_layers": [] makes it a Slide row')
     parser.add_argument("--probe-every", type=int, default=250,
                         help="log the state's scales and gate every N steps (bench/state_probe.py)")
     parser.add_argument("--deep-probe-every", type=int, default=1000,
@@ -257,15 +261,17 @@ def main():
 
         train_source, test_source = cli.resolve_data(args.data, args.data_dir, "*.txt", None)
     rows, curves = [], {}
-    models = [m for m in SIZES[args.size] if not args.models or m[0] in args.models.split(",")]
-    if not models:
+    names = args.models.split(",") if args.models else None
+    models = [m for m in SIZES[args.size] if names is None or m[0] in names]
+    if not models and not (args.variants and names == ["none"]):
         raise ValueError(f"`--models` names none of {[m[0] for m in SIZES[args.size]]}. "
                          f"Received: --models={args.models}")
     if args.variants:
         _, rec_model, rec_segment = SIZES[args.size][0]
         for label, overrides in json.loads(args.variants).items():
             base = dict(get_preset(rec_model)["config"]) if isinstance(rec_model, str) else rec_model
-            models.append((label, {**base, **overrides}, rec_segment))
+            segment = overrides.pop("segment_length", rec_segment)
+            models.append((label, {**base, **overrides}, segment))
 
     results = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
     stem = f"quality_{args.data}_{keras.backend.backend()}" + ("" if args.size == "tiny" else f"_{args.size}")

@@ -1,5 +1,6 @@
 """Training utilities: metrics, optimizers, held-out evaluation, run directories."""
 
+from keras_brt.training.callbacks import StepLosses
 from keras_brt.training.evaluation import evaluate_bits_per_token, make_eval_step
 from keras_brt.training.metrics import BitsPerToken, TokenAccuracy
 from keras_brt.training.optimizers import InverseSquareRootDecay, make_optimizer
@@ -9,6 +10,7 @@ __all__ = [
     "BitsPerToken",
     "InverseSquareRootDecay",
     "RunCheckpoint",
+    "StepLosses",
     "TokenAccuracy",
     "evaluate_bits_per_token",
     "load_checkpoint",

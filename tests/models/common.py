@@ -4,6 +4,7 @@ import keras
 import numpy as np
 
 import keras_brt
+from keras_brt.training import StepLosses  # noqa: F401  (the tests' per-step loss recorder)
 
 V, W = 40, 4
 TINY = dict(
@@ -30,24 +31,3 @@ def token_ids(batch=2, length=24, seed=0):
 
 def numpy_state(state):
     return {k: np.asarray(v) for k, v in state.items()}
-
-
-class StepLosses(keras.callbacks.Callback):
-    """Records every training step's own loss.
-
-    Keras logs the running mean of the loss since the epoch began; each step's
-    loss is recovered from consecutive means (the batches have equal weight).
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.losses = []
-        self._mean = 0.0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._mean = 0.0
-
-    def on_train_batch_end(self, batch, logs=None):
-        mean = float(logs["loss"])
-        self.losses.append((batch + 1) * mean - batch * self._mean)
-        self._mean = mean
