@@ -1,6 +1,5 @@
 """Tiny model configurations and helpers shared by the model and training tests."""
 
-import keras
 import numpy as np
 
 import keras_brt
