@@ -242,8 +242,14 @@ def main():
                         help="log the state's scales and gate every N steps (bench/state_probe.py)")
     parser.add_argument("--deep-probe-every", type=int, default=1000,
                         help="also attention entropy and gradient norms every N steps (JAX)")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="instead of training: one table, JSON (--output) and PNG from the rows of "
+                             "several runs of the same settings, e.g. models trained in parallel processes")
+    parser.add_argument("--note", default=None, help="a sentence stored in the JSON (how the run was made)")
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
+    if args.merge:
+        return merge(args.merge, args.output, args.note)
     pipeline = args.pipeline or ("tf" if importlib.util.find_spec("tensorflow") else "numpy")
     tokens_per_step = args.tokens_per_step or (8 * 512 if args.size == "tiny" else 16 * 2048)
 
@@ -284,6 +290,7 @@ def main():
         "size": args.size, "dtype_policy": args.dtype, "pipeline": pipeline,
         "steps": args.steps, "tokens_per_step": tokens_per_step, "data": args.data,
         "eval_documents": args.eval_documents, "seed": args.seed,
+        **({"note": args.note} if args.note else {}),
     }
     probe_batch = next(iter(byte_lanes(test_source, 4, 2048)))
     probe_batch = (probe_batch[0]["token_ids"], probe_batch[1], probe_batch[2])
@@ -311,6 +318,36 @@ def main():
           f"of {tokens_per_step} tokens, bytes, held-out: {args.eval_documents} documents of {test_source.name}")
     print(table(rows))
     plot_curves(curves, os.path.splitext(output)[0] + ".png", tokens_per_step)
+    print(f"wrote {output}")
+
+
+MERGE_KEYS = ("size", "dtype_policy", "steps", "tokens_per_step", "data", "eval_documents", "seed",
+              "backend", "device_kind")
+
+
+def merge(paths, output, note=None):
+    """Writes one JSON, table and PNG from several quality JSON files whose settings match."""
+    if not output:
+        raise ValueError("`--merge` needs `--output`, the merged JSON to write. Received: --output=None")
+    runs = []
+    for path in paths:
+        with open(path) as f:
+            runs.append(json.load(f))
+    first = runs[0]
+    for path, run in zip(paths[1:], runs[1:]):
+        differ = {k: (first.get(k), run.get(k)) for k in MERGE_KEYS if first.get(k) != run.get(k)}
+        if differ:
+            raise ValueError(f"`--merge` takes runs of the same settings; {path} differs from {paths[0]} "
+                             f"in {differ}")
+    rows = [row for run in runs for row in run["rows"]]
+    curves = {label: c for run in runs for label, c in run["learning_curves"].items()}
+    merged = {**{k: v for k, v in first.items() if k not in ("rows", "learning_curves")},
+              "merged_from": [os.path.basename(p) for p in paths], **({"note": note} if note else {}),
+              "rows": rows, "learning_curves": curves}
+    with open(output, "w") as f:
+        json.dump(merged, f, indent=2)
+    print(table(rows))
+    plot_curves(curves, os.path.splitext(output)[0] + ".png", first["tokens_per_step"])
     print(f"wrote {output}")
 
 
