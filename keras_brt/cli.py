@@ -171,7 +171,15 @@ def train(args):
 
     _check_train_args(args)
     output = args.output
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise ValueError(f"`--output` must be a run directory, not a file. Received: --output={output!r}")
     resuming = os.path.isfile(os.path.join(output, "run.json"))
+    if args.resume and not resuming:
+        raise ValueError(
+            "`--resume` continues the run in --output, and there is none: "
+            + ("the directory does not exist" if not os.path.isdir(output) else "it holds no run.json")
+            + f". Received: --output={output!r}"
+        )
     if resuming and not args.resume:
         raise ValueError(
             f"`--output` already holds a run; pass --resume to continue it, or choose another "
@@ -321,11 +329,32 @@ def evaluate(args):
 # === generate ===
 
 
+def _read_prompt_file(path, encoding):
+    if not os.path.isfile(path):
+        raise ValueError(f"`--prompt-file` names no file. Received: --prompt-file={path!r}")
+    try:
+        with open(path, encoding=encoding) as f:
+            return f.read()
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"`--prompt-file` is not {encoding} text ({error.reason} at byte {error.start}); give its "
+            f"encoding with --encoding, e.g. --encoding latin-1. Received: --prompt-file={path!r}"
+        ) from None
+
+
 def generate(args):
     from keras_brt.models import get_sampler
     from keras_brt.models.samplers import SAMPLERS
     from keras_brt.training import load_checkpoint, load_tokenizer, runs
 
+    # Every argument is checked before the model is loaded.
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise ValueError(f"`--max-new-tokens` must be at least 1. Received: --max-new-tokens={args.max_new_tokens}")
+    prompt = args.prompt
+    if args.prompt_file:
+        prompt = _read_prompt_file(args.prompt_file, args.encoding)
+    if prompt is None:
+        raise ValueError("Give --prompt TEXT or --prompt-file PATH. Received: neither")
     runs.read_run(args.run_dir)
     lm = load_checkpoint(_run_model_path(args.run_dir))
     tokenizer = load_tokenizer(args.run_dir)
@@ -335,12 +364,6 @@ def generate(args):
     elif args.sampler == "top_p":
         options["p"] = args.top_p
     sampler = SAMPLERS[args.sampler](**options) if args.sampler in SAMPLERS else get_sampler(args.sampler)
-    prompt = args.prompt
-    if args.prompt_file:
-        with open(args.prompt_file, encoding="utf-8") as f:
-            prompt = f.read()
-    if prompt is None:
-        raise ValueError("Give --prompt TEXT or --prompt-file PATH. Received: neither")
     max_length = args.max_length
     if args.max_new_tokens is not None:
         max_length = 1 + len(tokenizer(prompt)) + args.max_new_tokens
@@ -435,6 +458,7 @@ def build_parser():
     p.add_argument("run_dir")
     p.add_argument("--prompt", default=None)
     p.add_argument("--prompt-file", default=None, help="read the prompt from a file (any length)")
+    p.add_argument("--encoding", default="utf-8", help="the text encoding of --prompt-file")
     p.add_argument("--max-length", type=int, default=256,
                    help="tokens of prompt (with its BOS) plus output")
     p.add_argument("--max-new-tokens", type=int, default=None, help="instead of --max-length")
@@ -463,7 +487,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except ValueError as error:
+    except (ValueError, FloatingPointError, OSError) as error:
         print(f"keras-brt {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -144,9 +144,10 @@ def test_runs_are_never_overwritten_and_bad_run_directories_are_reported(corpus,
     assert "no run.json" in capsys.readouterr().err
 
 
-def _train_command(corpus, out, steps=8):
+def _train_command(corpus, out, steps=8, resume=False):
     return [sys.executable, "-m", "keras_brt", "train", "--data", corpus, "--steps", str(steps),
-            "--checkpoint-every", "4", "--output", out, "--resume", "--no-evaluation", *SMALL]
+            "--checkpoint-every", "4", "--output", out, "--no-evaluation", *SMALL] + (
+                ["--resume"] if resume else [])
 
 
 @pytest.mark.slow
@@ -169,8 +170,8 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_identical(corpus, tmp
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not os.path.exists(os.path.join(killed, "model.keras")), "the run finished before the kill"
-    result = subprocess.run(_train_command(corpus, killed), env=env, check=True, capture_output=True,
-                            text=True)
+    result = subprocess.run(_train_command(corpus, killed, resume=True), env=env, check=True,
+                            capture_output=True, text=True)
     assert "Resuming tiny_rec_fixed_skip" in result.stdout
     assert "step 4 of 8" in result.stdout
     a = keras.saving.load_model(os.path.join(straight, "model.keras"))
@@ -252,3 +253,36 @@ def test_generate_continues_a_prompt_reproducibly(trained_run, capsys):
     assert 0 < len(greedy.encode()) <= 16 - 9  # BOS + 8 prompt bytes: at most 7 new bytes
     assert cli.main(["generate", run_dir, "--prompt", "alpha", "--max-length", "3"]) == 2
     assert "Received: max_length=3" in capsys.readouterr().err
+
+
+def test_generate_checks_its_arguments_before_loading_the_model(tmp_path, capsys):
+    """Each error is one line naming the flag the user typed and the value; the run directory
+    here holds no model at all, so any of them reaching the model loading would fail otherwise."""
+    empty = str(tmp_path / "no_run")
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
+    cases = [
+        (["--prompt", "x", "--max-new-tokens", "0"], "--max-new-tokens=0"),
+        (["--prompt-file", str(tmp_path / "missing.txt")], f"--prompt-file='{tmp_path / 'missing.txt'}'"),
+        (["--prompt-file", str(latin)], f"--prompt-file='{latin}'"),
+        ([], "--prompt TEXT or --prompt-file PATH"),
+    ]
+    for extra, message in cases:
+        assert cli.main(["generate", empty, *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    # With the encoding named, the prompt file is read and the missing run is what is reported.
+    assert cli.main(["generate", empty, "--prompt-file", str(latin), "--encoding", "latin-1"]) == 2
+    assert "no_run" in capsys.readouterr().err
+
+
+def test_train_refuses_resume_without_a_run_and_an_output_that_is_a_file(tmp_path, capsys):
+    missing = str(tmp_path / "no_such_run")
+    assert cli.main(["train", "--output", missing, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and f"--output='{missing}'" in err
+    assert not os.path.exists(missing)  # nothing was started
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("not a run")
+    assert cli.main(["train", "--output", str(a_file)]) == 2
+    assert f"--output='{a_file}'" in capsys.readouterr().err

@@ -11,6 +11,7 @@ from keras_brt.models import replicas
 from keras_brt.models.backbone import BlockRecurrentTransformerBackbone, concrete_value
 from keras_brt.models.compiling import compile_function
 from keras_brt.models.generation import generate_step, prepare_prompts
+from keras_brt.models.input_checks import checked_inputs, reraise_out_of_vocabulary
 from keras_brt.models.losses import TokenCrossEntropy
 from keras_brt.models.samplers import get_sampler
 
@@ -50,6 +51,59 @@ def _lane_count(x, batch_size):
     if hasattr(token_ids, "shape") and len(token_ids.shape) == 2:
         return min(batch_size or 32, token_ids.shape[0])
     return None
+
+
+def _finite_update(logs, trainable_values):
+    """True when the step's loss and every new trainable value are finite."""
+    finite = ops.all(ops.isfinite(logs["loss"]))
+    for value in trainable_values:
+        finite = ops.logical_and(finite, ops.all(ops.isfinite(value)))
+    return finite
+
+
+class _ReraiseOutOfVocabulary:
+    """Turns the `tf.data` assertion on token ids into the same `ValueError` as arrays get."""
+
+    def __init__(self, vocabulary_size):
+        self.vocabulary_size = vocabulary_size
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if error is not None and not isinstance(error, ValueError):
+            reraise_out_of_vocabulary(error, self.vocabulary_size)
+        return False
+
+
+class NonFiniteUpdateStop(keras.callbacks.Callback):
+    """Stops `fit` when a step was skipped because its loss or update was not finite.
+
+    The causal LM's `train_step` never applies such an update (the weights,
+    the optimizer and the lanes keep their values, and the optimizer's step
+    counter does not advance); this callback notices the counter that did not
+    advance and raises a `FloatingPointError` naming the step, before any later
+    callback (a checkpoint) runs. `fit` adds it first by itself.
+    """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._seen = None  # Batches count from 0 in every epoch.
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self._seen is None:
+            self._seen = (batch, int(self.model.optimizer.iterations.numpy()))
+
+    def on_train_batch_end(self, batch, logs=None):
+        iterations = int(self.model.optimizer.iterations.numpy())
+        last_batch, last_iterations = self._seen
+        if iterations - last_iterations < batch + 1 - last_batch:
+            raise FloatingPointError(
+                f"The loss or the update of training step {iterations + 1} was not finite "
+                f"(loss={logs.get('loss') if logs else None}); it was not applied: the weights, the "
+                f"optimizer and the carried state are those after step {iterations}. Training stopped; "
+                "lower the learning rate or check the data (an earlier checkpoint is untouched)."
+            )
+        self._seen = (batch + 1, iterations)
 
 
 @keras.saving.register_keras_serializable(package="keras_brt")
@@ -441,10 +495,32 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
         return config
 
     def train_step(self, *args, **kwargs):
+        """Keras's step, except that an update whose loss or new weights are not
+        finite is not applied: every variable keeps its value (`fit` then stops
+        with a `FloatingPointError`, see `NonFiniteUpdateStop`)."""
         if getattr(self, "replica_jit_compile", False):
             from keras_brt.models import replica_xla
 
             return replicas.multi_worker_logs(replica_xla.train_step(self, *args))
+        if keras.backend.backend() == "jax":
+            state = args[0]
+            logs, new_state = super().train_step(*args, **kwargs)
+            trainable = new_state[0]
+            keep = _finite_update(logs, trainable)
+            new_state = keras.tree.map_structure(
+                lambda new, old: ops.where(keep, new, old), new_state, state
+            )
+            return logs, new_state
+        if keras.backend.backend() == "tensorflow" and not replicas.multi_replica_strategy():
+            guarded = list(self.trainable_variables) + list(self.non_trainable_variables) + list(
+                self.optimizer.variables
+            )
+            before = [ops.copy(v.value) for v in guarded]
+            logs = super().train_step(*args, **kwargs)
+            keep = _finite_update(logs, self.trainable_variables)
+            for variable, old in zip(guarded, before):
+                variable.assign(ops.where(keep, variable.value, old))
+            return replicas.multi_worker_logs(logs)
         if keras.backend.backend() == "tensorflow":
             return replicas.multi_worker_logs(super().train_step(*args, **kwargs))
         return super().train_step(*args, **kwargs)
@@ -496,7 +572,39 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
                 f"Received: shuffle={shuffle!r}"
             )
         self._ensure_lanes(x, batch_size)
-        return super().fit(x, y, batch_size=batch_size, shuffle=False, **kwargs)
+        callbacks = kwargs.pop("callbacks", None) or []
+        if not isinstance(callbacks, keras.callbacks.CallbackList):
+            # First, so that no later callback (a checkpoint) sees a skipped step.
+            callbacks = [NonFiniteUpdateStop(), *callbacks]
+        validation = kwargs.get("validation_data")
+        if isinstance(validation, (tuple, list)):
+            checked_inputs(validation[0], self.backbone.vocabulary_size)
+        elif validation is not None:
+            kwargs["validation_data"] = checked_inputs(validation, self.backbone.vocabulary_size)
+        with self._reraising():
+            return super().fit(checked_inputs(x, self.backbone.vocabulary_size), y,
+                               batch_size=batch_size, shuffle=False, callbacks=callbacks, **kwargs)
+
+    def _reraising(self):
+        return _ReraiseOutOfVocabulary(self.backbone.vocabulary_size)
+
+    def train_on_batch(self, x, y=None, sample_weight=None, **kwargs):
+        """`keras.Model.train_on_batch` with the token ids checked first."""
+        checked_inputs(x, self.backbone.vocabulary_size)
+        self._ensure_lanes(x)
+        return super().train_on_batch(x, y, sample_weight=sample_weight, **kwargs)
+
+    def test_on_batch(self, x, y=None, sample_weight=None, **kwargs):
+        """`keras.Model.test_on_batch` with the token ids checked first."""
+        checked_inputs(x, self.backbone.vocabulary_size)
+        self._ensure_lanes(x)
+        return super().test_on_batch(x, y, sample_weight=sample_weight, **kwargs)
+
+    def predict_on_batch(self, x):
+        """`keras.Model.predict_on_batch` with the token ids checked first."""
+        checked_inputs(x, self.backbone.vocabulary_size)
+        self._ensure_lanes(x)
+        return super().predict_on_batch(x)
 
     def compile_from_config(self, config):
         """Re-compiles a loaded model with the optimizer, loss and metrics it was saved with."""
@@ -511,13 +619,17 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
         """`keras.Model.evaluate` starting from fresh inference lanes."""
         self._ensure_lanes(x, batch_size)
         self.reset_state("eval")
-        return super().evaluate(x, y, batch_size=batch_size, **kwargs)
+        with self._reraising():
+            return super().evaluate(checked_inputs(x, self.backbone.vocabulary_size), y,
+                                    batch_size=batch_size, **kwargs)
 
     def predict(self, x, batch_size=None, **kwargs):
         """`keras.Model.predict` starting from fresh inference lanes."""
         self._ensure_lanes(x, batch_size)
         self.reset_state("eval")
-        return super().predict(x, batch_size=batch_size, **kwargs)
+        with self._reraising():
+            return super().predict(checked_inputs(x, self.backbone.vocabulary_size),
+                                   batch_size=batch_size, **kwargs)
 
     # === Presets and config ===
 

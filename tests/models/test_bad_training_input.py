@@ -1,0 +1,133 @@
+"""Bad data never reaches the weights: out-of-vocabulary ids stop `fit`, `evaluate`,
+`predict` and the `*_on_batch` methods with a ValueError before any update, and a
+non-finite loss is never applied."""
+
+import keras
+import numpy as np
+import pytest
+
+from tests.models.common import V, make_lm, token_ids
+
+B, T = 2, 8
+
+
+def compiled_lm():
+    lm = make_lm()
+    lm.compile(optimizer=keras.optimizers.AdamW(1e-2), jit_compile=True)
+    lm.build({"token_ids": (B, T)})
+    return lm
+
+
+def weights(lm):
+    return [np.array(w) for w in lm.weights]
+
+
+def assert_same(before, after):
+    assert len(before) == len(after)
+    for b, a in zip(before, after):
+        np.testing.assert_array_equal(b, a)
+
+
+def batches_with_an_outsider(bad_id, bad_batch=1, count=3):
+    ids = token_ids(B * count, T + 1, seed=3).reshape(count, B, T + 1)
+    ids[bad_batch, 1, 5] = bad_id
+    return ids
+
+
+@pytest.mark.parametrize("bad_id", [V, 300, -1])
+def test_fit_on_arrays_refuses_an_out_of_vocabulary_id_before_any_update(bad_id):
+    lm = compiled_lm()
+    ids = batches_with_an_outsider(bad_id).reshape(-1, T + 1)
+    before = weights(lm)
+    with pytest.raises(ValueError, match=rf"token_ids={bad_id}\b"):
+        lm.fit(ids[:, :-1], ids[:, 1:], batch_size=B, verbose=0)
+    assert_same(before, weights(lm))
+    assert int(lm.optimizer.iterations.numpy()) == 0
+
+
+def test_fit_on_a_generator_stops_at_the_bad_batch_with_the_earlier_updates_kept():
+    lm = compiled_lm()
+    ids = batches_with_an_outsider(300, bad_batch=2)
+    seen = []
+
+    def batches():
+        for i, batch in enumerate(ids):
+            seen.append(i)
+            yield batch[:, :-1], batch[:, 1:]
+
+    with pytest.raises(ValueError, match=r"token_ids=300"):
+        lm.fit(batches(), steps_per_epoch=3, verbose=0)
+    assert all(np.isfinite(w).all() for w in weights(lm))
+    # The batches before the bad one were trained on; the bad one was not.
+    assert int(lm.optimizer.iterations.numpy()) <= 2
+    assert 2 in seen
+
+
+def test_evaluate_predict_and_on_batch_methods_refuse_out_of_vocabulary_ids():
+    lm = compiled_lm()
+    ids = token_ids(B, T + 1)
+    ids[0, 3] = V + 7
+    before = weights(lm)
+    for call in (
+        lambda: lm.evaluate(ids[:, :-1], ids[:, 1:], batch_size=B, verbose=0),
+        lambda: lm.predict(ids[:, :-1], batch_size=B, verbose=0),
+        lambda: lm.train_on_batch(ids[:, :-1], ids[:, 1:]),
+        lambda: lm.test_on_batch(ids[:, :-1], ids[:, 1:]),
+        lambda: lm.predict_on_batch({"token_ids": ids[:, :-1]}),
+    ):
+        with pytest.raises(ValueError, match=rf"token_ids={V + 7}\b"):
+            call()
+    assert_same(before, weights(lm))
+
+
+def test_fit_on_a_tf_data_pipeline_refuses_an_out_of_vocabulary_id():
+    tf = pytest.importorskip("tensorflow")
+    lm = compiled_lm()
+    ids = batches_with_an_outsider(999, bad_batch=0)
+    dataset = tf.data.Dataset.from_tensor_slices(
+        ({"token_ids": ids[:, :, :-1]}, ids[:, :, 1:])
+    )
+    before = weights(lm)
+    with pytest.raises(ValueError, match=r"token_ids=999\b"):
+        lm.fit(dataset, verbose=0)
+    assert_same(before, weights(lm))
+
+
+def test_a_non_finite_loss_is_never_applied_and_fit_stops():
+    """A NaN sample weight in the second batch makes that step's loss NaN: the update
+    is skipped (weights, optimizer and lanes as after the first step) and fit raises."""
+    ids = token_ids(B * 3, T + 1, seed=5)
+    x, y = ids[:, :-1], ids[:, 1:]
+    w = np.ones(y.shape, "float32")
+    w[B:2 * B] = np.nan
+
+    reference = compiled_lm()
+    start = reference.get_weights()
+    reference.fit(x[:B], y[:B], batch_size=B, verbose=0)  # the first step alone
+    after_first = weights(reference)
+
+    lm = compiled_lm()
+    lm.set_weights(start)
+    with pytest.raises(FloatingPointError, match=r"step 2 was not finite"):
+        lm.fit(x, y, sample_weight=w, batch_size=B, verbose=0)
+    assert int(lm.optimizer.iterations.numpy()) == 1
+    after = weights(lm)
+    assert all(np.isfinite(a).all() for a in after if a.dtype.kind == "f")
+    assert_same(after_first, after)
+
+
+def test_a_checkpoint_never_records_a_skipped_step(tmp_path):
+    """The stop comes before any later callback, so a checkpoint due at the bad step is not written."""
+    from keras_brt.training import RunCheckpoint
+
+    ids = token_ids(B * 2, T + 1, seed=6)
+    w = np.ones((B * 2, T), "float32")
+    w[B:] = np.inf
+    lm = compiled_lm()
+    with pytest.raises(FloatingPointError):
+        lm.fit(ids[:, :-1], ids[:, 1:], sample_weight=w, batch_size=B, verbose=0,
+               callbacks=[RunCheckpoint(str(tmp_path), every=1)])
+    import json
+
+    with open(tmp_path / "checkpoint.json") as f:
+        assert json.load(f)["step"] == 1
