@@ -13,37 +13,84 @@ import json
 import os
 import sys
 import time
+import warnings
 
 import keras
 
 # Settings that must not change when a run is resumed.
 RESUME_KEYS = ("data", "data_dir", "pattern", "text_feature", "preset", "tokenizer", "vocabulary_size",
                "batch_size", "segment_length", "optimizer", "learning_rate", "warmup_steps",
-               "dropout", "seed", "dtype_policy")
-RESUME_DEFAULTS = {"dtype_policy": "float32"}  # for runs written before the setting existed
+               "dropout", "seed", "dtype_policy", "encoding", "held_out_fraction")
+# For runs written before the setting existed.
+RESUME_DEFAULTS = {"dtype_policy": "float32", "encoding": "utf-8", "held_out_fraction": 0.05}
 
 
 # === Data ===
 
 
-def resolve_data(data, data_dir=None, pattern="*.txt", text_feature=None):
-    """`(train source, held-out source)` for `--data`: 'stdlib', a folder, or a TFDS name."""
+def resolve_data(data, data_dir=None, pattern="*.txt", text_feature=None, encoding="utf-8",
+                 held_out_fraction=0.05, eval_data=None, held_out=True):
+    """`(train source, held-out source)` for `--data`: 'stdlib', a folder, or a TFDS name.
+
+    `eval_data` is a folder evaluated whole instead of a held-out split of `data`;
+    `held_out=False` (no evaluation) builds no held-out source (None).
+    """
     from keras_brt import data as brt_data
 
+    if not 0 < held_out_fraction < 1:
+        raise ValueError("`--held-out-fraction` must lie strictly between 0 and 1. Received: "
+                         f"--held-out-fraction={held_out_fraction}")
+    if eval_data is not None and not os.path.isdir(eval_data):
+        raise ValueError(f"`--eval-data` must be an existing folder. Received: --eval-data={eval_data!r}")
     if data == "stdlib":
-        return brt_data.stdlib_source("train"), brt_data.stdlib_source("test")
-    if os.path.isdir(data):
-        return (
-            brt_data.FolderSource(data, pattern=pattern, split="train"),
-            brt_data.FolderSource(data, pattern=pattern, split="test"),
-        )
-    if os.sep in data or data.startswith(".") or os.path.splitext(data)[1] in (".txt", ".py"):
+        train = brt_data.stdlib_source("train", held_out_fraction)
+        test = brt_data.stdlib_source("test", held_out_fraction) if held_out and not eval_data else None
+    elif os.path.isdir(data):
+        # With a separate evaluation folder, every file of --data is trained on, whole.
+        train = brt_data.FolderSource(data, pattern=pattern, split=None if eval_data else "train",
+                                      encoding=encoding, held_out_fraction=held_out_fraction)
+        test = None
+        if held_out and not eval_data:
+            test = brt_data.FolderSource(data, pattern=pattern, split="test", encoding=encoding,
+                                         held_out_fraction=held_out_fraction)
+    elif os.sep in data or data.startswith(".") or os.path.splitext(data)[1] in (".txt", ".py"):
         raise ValueError(f"`--data` is not an existing folder. Received: --data={data!r}")
-    return (
-        brt_data.TFDSSource(data, split="train", data_dir=data_dir, feature=text_feature),
-        brt_data.TFDSSource(data, split=brt_data.TFDSSource.held_out_split(data, data_dir),
-                            data_dir=data_dir, feature=text_feature),
-    )
+    else:
+        if os.path.exists(data):
+            raise ValueError(f"`--data` must be a folder, 'stdlib' or a TFDS name. Received: --data={data!r}")
+        try:
+            train = brt_data.TFDSSource(data, split="train", data_dir=data_dir, feature=text_feature)
+        except ValueError as error:
+            raise ValueError(
+                f"`--data` names no folder here ({os.path.abspath(data)!r} does not exist), and no "
+                f"prepared TFDS dataset of that name was found either: {error}"
+            ) from None
+        test = None
+        if held_out and not eval_data:
+            test = brt_data.TFDSSource(data, split=brt_data.TFDSSource.held_out_split(data, data_dir),
+                                       data_dir=data_dir, feature=text_feature)
+    if held_out and eval_data:
+        test = brt_data.FolderSource(eval_data, pattern=pattern, encoding=encoding)
+    return train, test
+
+
+def describe_held_out(source):
+    """One line on where held-out data comes from."""
+    describe = getattr(source, "describe_split", None)
+    return f"held-out data: {describe() if describe else source.name}"
+
+
+def report_encoding(source, label):
+    """A line on files with undecodable bytes or skipped as not text, if there were any."""
+    stats = getattr(source, "stats", None) or {}
+    notes = []
+    if stats.get("files_with_encoding_errors"):
+        notes.append(f"{stats['files_with_encoding_errors']} file(s) had bytes that are not valid "
+                     f"{source.encoding} (replaced by U+FFFD; give the right --encoding)")
+    if stats.get("skipped_not_text"):
+        notes.append(f"{stats['skipped_not_text']} file(s) skipped as not text")
+    if notes:
+        print(f"{label}: " + "; ".join(notes), flush=True)
 
 
 class _CountingSource:
@@ -57,7 +104,9 @@ class _CountingSource:
         self.bytes = 0
         docs = self.source.documents()
         for text in itertools.islice(docs, self.limit) if self.limit else docs:
-            self.bytes += len(text.encode("utf-8"))
+            # The bytes read from disk where the source knows them (any encoding), else UTF-8.
+            size = getattr(self.source, "last_document_bytes", None)
+            self.bytes += size if size is not None else len(text.encode("utf-8"))
             yield text
 
 
@@ -70,7 +119,11 @@ def evaluate_run(lm, tokenizer, source, batch_size, segment_length, documents):
     results, step = {}, make_eval_step(lm)
     for mode, clear in (("carried", False), ("cleared", True)):
         dataset = lane_dataset(counted, tokenizer, batch_size, segment_length).as_numpy_iterator()
-        results[mode] = evaluate_bits_per_token(lm, dataset, clear_state=clear, step=step)
+        progress = _EvaluationProgress(f"evaluating held-out data, state {mode}")
+        results[mode] = evaluate_bits_per_token(lm, dataset, clear_state=clear, step=step,
+                                                progress=progress)
+        progress.done()
+    report_encoding(source, "held-out data")
     carried, cleared = results["carried"], results["cleared"]
     bits = carried["bits_per_token"] * carried["tokens"]
     report = {
@@ -84,6 +137,30 @@ def evaluate_run(lm, tokenizer, source, batch_size, segment_length, documents):
         "data": source.name,
     }
     return report, results
+
+
+class _EvaluationProgress:
+    """Prints the documents and tokens evaluated so far, at most every `every` seconds."""
+
+    def __init__(self, label, every=10.0):
+        self.label, self.every = label, every
+        self.start = self.last = time.time()
+        self.counts = (0, 0, 0)
+        print(f"{self.label}...", flush=True)
+
+    def __call__(self, batches, documents, tokens):
+        self.counts = (batches, documents, tokens)
+        if time.time() - self.last >= self.every:
+            self.last = time.time()
+            self._print()
+
+    def _print(self):
+        batches, documents, tokens = self.counts
+        print(f"  {documents} documents, {tokens} tokens ({batches} batches, "
+              f"{time.time() - self.start:.0f} s)", flush=True)
+
+    def done(self):
+        self._print()
 
 
 def _print_report(report):
@@ -123,7 +200,8 @@ def _settings(args, vocabulary_size):
         "format": None,  # filled by the caller with RUN_FORMAT
         "keras_brt_version": keras_brt.__version__,
         "data": args.data, "data_dir": args.data_dir, "pattern": args.pattern,
-        "text_feature": args.text_feature,
+        "text_feature": args.text_feature, "encoding": args.encoding,
+        "held_out_fraction": args.held_out_fraction, "eval_data": args.eval_data,
         "preset": args.preset, "tokenizer": args.tokenizer, "vocabulary_size": vocabulary_size,
         "batch_size": args.batch_size, "segment_length": args.segment_length,
         "optimizer": args.optimizer, "learning_rate": args.learning_rate,
@@ -166,7 +244,7 @@ def _scope(strategy):
 def train(args):
     import keras_brt
     from keras_brt.data import ByteTokenizer, SentencePieceTokenizer, lane_dataset, train_sentencepiece
-    from keras_brt.training import BitsPerToken, RunCheckpoint, load_checkpoint, load_tokenizer
+    from keras_brt.training import BitsPerToken, RunCheckpoint, StepHistory, load_checkpoint, load_tokenizer
     from keras_brt.training import make_optimizer, runs
 
     _check_train_args(args)
@@ -185,7 +263,11 @@ def train(args):
             f"`--output` already holds a run; pass --resume to continue it, or choose another "
             f"--output (nothing is overwritten). Received: --output={output!r}"
         )
-    train_source, test_source = resolve_data(args.data, args.data_dir, args.pattern, args.text_feature)
+    train_source, test_source = resolve_data(
+        args.data, args.data_dir, args.pattern, args.text_feature, args.encoding,
+        args.held_out_fraction, args.eval_data, held_out=not args.no_evaluation)
+    if test_source is not None:
+        print(describe_held_out(test_source), flush=True)
     strategy = None
     if args.strategy != "none":
         from keras_brt import distribute
@@ -264,10 +346,10 @@ def train(args):
             repeat=True, shuffle_buffer=1024, seed=args.seed,
         ).skip(start_step)  # The lane stream is deterministic: skip what was trained on.
         checkpoints = RunCheckpoint(output, args.checkpoint_every)
-        callbacks = [
+        callbacks = [  # the history row of a step is written before its checkpoint
+            StepHistory(os.path.join(output, "history.csv"), args.log_every),
             checkpoints,
             keras.callbacks.TensorBoard(os.path.join(output, "logs"), update_freq=args.log_every),
-            keras.callbacks.CSVLogger(os.path.join(output, "history.csv"), append=True),
         ]
         interactive = sys.stdout.isatty()
         if not interactive:
@@ -277,6 +359,7 @@ def train(args):
         checkpoints.set_model(lm)
         checkpoints.save()
     lm.save(os.path.join(output, "model.keras"))
+    report_encoding(train_source, "training data")
     if args.no_evaluation:
         print(f"run saved in {output} (held-out evaluation skipped: keras-brt evaluate {output})")
         return None
@@ -312,9 +395,12 @@ def evaluate(args):
     lm = load_checkpoint(_run_model_path(args.run_dir))
     tokenizer = load_tokenizer(args.run_dir)
     data = args.data or run["data"]
-    _, test_source = resolve_data(data, args.data_dir or run.get("data_dir"),
-                                  args.pattern or run.get("pattern", "*.txt"),
-                                  args.text_feature or run.get("text_feature"))
+    _, test_source = resolve_data(
+        data, args.data_dir or run.get("data_dir"), args.pattern or run.get("pattern", "*.txt"),
+        args.text_feature or run.get("text_feature"), args.encoding or run.get("encoding", "utf-8"),
+        args.held_out_fraction or run.get("held_out_fraction", 0.05),
+        args.eval_data or (None if args.data else run.get("eval_data")))
+    print(describe_held_out(test_source), flush=True)
     report, results = evaluate_run(lm, tokenizer, test_source, run["batch_size"],
                                    run["segment_length"], args.eval_documents)
     plot = args.plot or os.path.join(args.run_dir, "evaluation_loss_by_position.png")
@@ -411,6 +497,14 @@ def build_parser():
     p.add_argument("--pattern", default="*.txt", help="file-name pattern inside a --data folder")
     p.add_argument("--text-feature", default=None,
                    help="TFDS text feature (default: book_text for PG19, else text)")
+    p.add_argument("--encoding", default="utf-8",
+                   help="text encoding of the --data folder's files (e.g. latin-1); files with "
+                        "undecodable bytes are counted and reported, files that are not text skipped")
+    p.add_argument("--held-out-fraction", type=float, default=0.05,
+                   help="share of the files held out for evaluation (of each file's end, when the "
+                        "folder has too few files to hold out whole ones)")
+    p.add_argument("--eval-data", default=None,
+                   help="a separate folder to evaluate on, whole (instead of a held-out split)")
     p.add_argument("--preset", default="tiny_rec_fixed_skip")
     p.add_argument("--tokenizer", choices=("bytes", "sentencepiece"), default="bytes")
     p.add_argument("--vocabulary-size", type=int, default=2048, help="SentencePiece pieces")
@@ -449,6 +543,9 @@ def build_parser():
     p.add_argument("--data-dir", default=None)
     p.add_argument("--pattern", default=None)
     p.add_argument("--text-feature", default=None)
+    p.add_argument("--encoding", default=None, help="default: the run's")
+    p.add_argument("--held-out-fraction", type=float, default=None, help="default: the run's")
+    p.add_argument("--eval-data", default=None, help="a folder to evaluate on, whole")
     p.add_argument("--eval-documents", type=int, default=8)
     p.add_argument("--plot", default=None, help="PNG path (default: in RUN_DIR)")
     p.add_argument("--json", action="store_true", help="end with one line of JSON")
@@ -483,8 +580,13 @@ def build_parser():
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, line=None):
+    return f"keras-brt: warning: {message}\n"
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    warnings.formatwarning = _one_line_warning
     try:
         args.func(args)
     except (ValueError, FloatingPointError, OSError) as error:

@@ -60,6 +60,7 @@ def main(saved_model, requests, responses):
                                       token_ids=tf.constant([[1, 2, int(request["vocabulary_size"])]])),
         "missing_state": error_of(signatures["step"], token_ids=tf.constant(ids[:, :4]),
                                   **{k: v for k, v in fresh.items() if k != name}),
+        "no_tokens": error_of(signatures["step"], token_ids=tf.constant(ids[:, :0]), **fresh),
     }
     out["errors"] = np.array(json.dumps(errors))
     out["state_names"] = np.array(state_names)

@@ -104,6 +104,10 @@ def test_sentencepiece_runs_store_their_tokenizer(corpus, tmp_path, capsys):
         (["train", "--preset", "huge"], "--preset='huge'"),
         (["train", "--dtype-policy", "float8"], "--dtype-policy='float8'"),
         (["train", "--strategy", "multi_worker"], "multi-host recipe"),
+        (["train", "--data", "mybooks"], "names no folder here"),
+        (["train", "--held-out-fraction", "0"], "--held-out-fraction=0.0"),
+        (["train", "--eval-data", "/no/such/shelf"], "--eval-data='/no/such/shelf'"),
+        (["train", "--data", "/etc/hostname"], "--data='/etc/hostname'"),
     ],
 )
 def test_train_rejects_bad_arguments(argv, message, capsys, tmp_path):
@@ -181,6 +185,15 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_identical(corpus, tmp
         np.testing.assert_allclose(u.numpy(), v.numpy(), atol=1e-6, err_msg=u.path)
     for u, v in zip(a.optimizer.variables, b.optimizer.variables):
         np.testing.assert_allclose(u.numpy(), v.numpy(), atol=1e-6, err_msg=u.path)
+    # The whole history survives the kill: one row per 2 steps (--log-every 2), as in the straight run.
+    import csv
+
+    straight_rows, killed_rows = (list(csv.reader(open(os.path.join(d, "history.csv"))))
+                                  for d in (straight, killed))
+    assert [r[0] for r in killed_rows] == [r[0] for r in straight_rows] == ["step", "2", "4", "6", "8"]
+    column = straight_rows[0].index("bits_per_token")
+    np.testing.assert_allclose([float(r[column]) for r in killed_rows[1:]],
+                               [float(r[column]) for r in straight_rows[1:]], rtol=1e-4)
 
 
 @tensorflow_pass_only
@@ -286,3 +299,43 @@ def test_train_refuses_resume_without_a_run_and_an_output_that_is_a_file(tmp_pat
     a_file.write_text("not a run")
     assert cli.main(["train", "--output", str(a_file)]) == 2
     assert f"--output='{a_file}'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_small_folder_in_another_encoding_trains_and_is_evaluated_on_its_own_bytes(tmp_path, capsys):
+    """Three files (one Latin-1, one not text): the tails of the files are held out, the
+    undecodable and skipped files are reported, and bits per byte count the files' bytes."""
+    books = tmp_path / "books"
+    books.mkdir()
+    texts = ["Il était une fois une forêt. " * 40, "Ça, c'est déjà l'été. " * 50]
+    for i, text in enumerate(texts):
+        (books / f"book{i}.txt").write_bytes(text.encode("latin-1"))
+    (books / "cover.txt").write_bytes(b"\x89PNG\x00\x00" * 50)
+    out = str(tmp_path / "run")
+    argv = ["train", "--data", str(books), "--steps", "2", "--output", out, *SMALL]
+    with pytest.warns(UserWarning, match="cover.txt: not a text file"):
+        assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "too few files" in printed
+    assert "2 file(s) had bytes that are not valid utf-8" in printed and "skipped as not text" in printed
+    report = json.loads((tmp_path / "run" / "evaluation.json").read_text())
+    tails = sum(len(t.encode("latin-1")) - int(len(t.encode("latin-1")) * 0.95) for t in texts)
+    assert report["bytes"] == tails  # the held-out bytes of the files, not of a re-encoding
+
+    # The right encoding: nothing to report, fewer bytes than UTF-8 would count.
+    out2 = str(tmp_path / "run2")
+    with pytest.warns(UserWarning):
+        assert cli.main([*argv[:-len(SMALL) - 2], "--output", out2, "--encoding", "latin-1", *SMALL]) == 0
+    printed = capsys.readouterr().out
+    assert "not valid" not in printed
+    assert json.loads((tmp_path / "run2" / "evaluation.json").read_text())["bytes"] == tails
+
+    # A separate evaluation folder, evaluated whole; and no held-out data at all is needed
+    # without evaluation.
+    shelf = tmp_path / "shelf"
+    shelf.mkdir()
+    (shelf / "other.txt").write_text("Une autre histoire. " * 30)
+    assert cli.main(["train", "--data", str(books), "--eval-data", str(shelf), "--steps", "2",
+                     "--output", str(tmp_path / "run3"), "--encoding", "latin-1", *SMALL]) == 0
+    assert "held-out data: all 1 files" in capsys.readouterr().out
+    assert json.loads((tmp_path / "run3" / "evaluation.json").read_text())["bytes"] == 600

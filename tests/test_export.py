@@ -110,6 +110,7 @@ def test_bad_requests_fail_with_a_message_naming_the_input(exported):
     assert f"state {name} must have shape (batch, {W}, 2, 8)" in errors["state_shape"]
     assert f"token_ids must be < vocabulary_size={V}" in errors["out_of_vocabulary"]
     assert name in errors["missing_state"]  # Python's own binding error, from the signature.
+    assert "token_ids must hold at least one row and one token" in errors["no_tokens"]
 
 
 @tensorflow_backend_only

@@ -5,10 +5,12 @@ time it is called (so a training run can repeat it), and `name`. Documents are
 yielded one at a time: a book is read when its turn comes, never all at once.
 """
 
+import codecs
 import fnmatch
 import hashlib
 import os
 import sysconfig
+import warnings
 
 
 def _held_out(key, fraction):
@@ -20,17 +22,36 @@ def _held_out(key, fraction):
 class FolderSource:
     """Every text file under a folder (recursive), matching a glob pattern.
 
-    Undecodable bytes are replaced, not fatal; `stats` counts the files read,
-    the files with encoding errors and the files that could not be read at all.
+    Held-out data: with `split`, files are divided by a hash of their relative
+    path (`held_out_fraction` of them held out, the same files every time) when
+    that leaves at least one file on each side. A folder too small for that is
+    divided inside every file instead: the last `held_out_fraction` of each
+    file's bytes is held out and the rest is trained on. `split_mode` says which
+    (`"files"` or `"tails"`), `describe_split()` says it in words.
+
+    Files are read as bytes and decoded with `encoding`; bytes that are not
+    valid there are replaced (U+FFFD) and the files counted. A file with a NUL
+    byte is not text: it is skipped with a warning naming it. `stats` counts
+    the files read, the files with undecodable bytes, the files skipped as not
+    text, the unreadable files, and the bytes read from disk for the documents
+    yielded (`last_document_bytes` holds the last document's), so that bits
+    per byte are counted on the file's own bytes, whatever the encoding.
 
     Args:
         path: the folder.
         pattern: glob pattern of file names, e.g. `"*.txt"` or `"*.py"`.
-        split: `"train"`, `"test"` or None (every file). Files are split by a
-            hash of their relative path, so the split never changes.
-        held_out_fraction: share of files in the `"test"` split.
-        encoding: text encoding of the files.
+        split: `"train"`, `"test"` or None (every file, whole).
+        held_out_fraction: share of the files (or of each file's bytes) held out.
+        encoding: text encoding of the files, e.g. `"utf-8"` or `"latin-1"`.
         exclude: glob patterns of relative paths to skip.
+
+    Example:
+
+    ```python
+    train = keras_brt.data.FolderSource("books/", split="train")
+    test = keras_brt.data.FolderSource("books/", split="test")
+    print(test.describe_split())
+    ```
     """
 
     def __init__(self, path, pattern="*.txt", split=None, held_out_fraction=0.05,
@@ -39,24 +60,38 @@ class FolderSource:
             raise ValueError(f"`path` must be an existing folder of text files. Received: path={path!r}")
         if split not in (None, "train", "test"):
             raise ValueError(f"`split` must be 'train', 'test' or None. Received: split={split!r}")
+        if not 0 < held_out_fraction < 1:
+            raise ValueError(
+                f"`held_out_fraction` must lie strictly between 0 and 1. Received: "
+                f"held_out_fraction={held_out_fraction!r}"
+            )
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise ValueError(f"Unknown text encoding. Received: encoding={encoding!r}") from None
         self.path, self.pattern, self.split = path, pattern, split
         self.held_out_fraction, self.encoding, self.exclude = held_out_fraction, encoding, tuple(exclude)
         self.name = f"folder:{path}"
-        self.stats = {"files": 0, "files_with_encoding_errors": 0, "unreadable_files": 0}
-        self.files = self._list_files()
+        self.files, self.split_mode = self._list_files()
+        self._warned = set()  # each file that is not text is named once
         if not self.files:
-            raise ValueError(
-                f"No file matching {pattern!r} (split={split!r}) under `path`. Received: path={path!r}"
-            )
+            raise ValueError(f"No file matching {pattern!r} under `path`. Received: path={path!r}")
+        self._reset_stats()
         if next(self.documents(), None) is None:
             raise ValueError(
                 f"None of the {len(self.files)} files matching {pattern!r} under `path` holds readable "
                 f"text. Received: path={path!r}"
             )
-        self.stats = {"files": 0, "files_with_encoding_errors": 0, "unreadable_files": 0}
+        self._reset_stats()
+
+    def _reset_stats(self):
+        self.stats = {"files": 0, "files_with_encoding_errors": 0, "skipped_not_text": 0,
+                      "unreadable_files": 0, "bytes": 0}
+        self.last_document_bytes = 0
+        self._noted = set()
 
     def _list_files(self):
-        files = []
+        files, held = [], []
         for root, dirs, names in os.walk(self.path):
             dirs.sort()
             for name in sorted(names):
@@ -66,10 +101,33 @@ class FolderSource:
                     continue
                 if any(fnmatch.fnmatch(rel, p) for p in self.exclude):
                     continue
-                if self.split is not None and _held_out(rel, self.held_out_fraction) != (self.split == "test"):
-                    continue
                 files.append(full)
-        return files
+                held.append(_held_out(rel, self.held_out_fraction))
+        if self.split is None:
+            return files, None
+        if len(files) * self.held_out_fraction >= 1 and 0 < sum(held) < len(files):
+            want = self.split == "test"
+            return [f for f, h in zip(files, held) if h == want], "files"
+        return files, "tails"
+
+    def describe_split(self):
+        """Where the held-out data comes from, in one sentence."""
+        percent = f"{self.held_out_fraction:.0%}"
+        if self.split_mode == "files":
+            return f"{len(self.files)} whole files ({self.split} split, {percent} of the files held out)"
+        if self.split_mode == "tails":
+            return (f"the {'last ' + percent if self.split == 'test' else 'first part'} of each of the "
+                    f"{len(self.files)} files (too few files to hold out whole ones; --held-out-fraction "
+                    f"{self.held_out_fraction})")
+        return f"all {len(self.files)} files"
+
+    def _note(self, kind, full):
+        if (kind, full) not in self._noted:
+            self._noted.add((kind, full))
+            self.stats[kind] += 1
+            if kind == "skipped_not_text" and full not in self._warned:
+                self._warned.add(full)
+                warnings.warn(f"Skipping {full}: not a text file (it holds NUL bytes).", stacklevel=3)
 
     def documents(self):
         for full in self.files:
@@ -77,15 +135,25 @@ class FolderSource:
                 with open(full, "rb") as f:
                     raw = f.read()
             except OSError:
-                self.stats["unreadable_files"] += 1
+                self._note("unreadable_files", full)
                 continue
+            if b"\0" in raw:
+                self._note("skipped_not_text", full)
+                continue
+            if self.split_mode == "tails":
+                cut = int(len(raw) * (1 - self.held_out_fraction))
+                while cut < len(raw) and (raw[cut] & 0xC0) == 0x80:  # not inside a UTF-8 character
+                    cut += 1
+                raw = raw[cut:] if self.split == "test" else raw[:cut]
             try:
                 text = raw.decode(self.encoding)
             except UnicodeDecodeError:
-                self.stats["files_with_encoding_errors"] += 1
+                self._note("files_with_encoding_errors", full)
                 text = raw.decode(self.encoding, errors="replace")
             self.stats["files"] += 1
             if text:
+                self.stats["bytes"] += len(raw)
+                self.last_document_bytes = len(raw)
                 yield text
 
 

@@ -64,6 +64,24 @@ def lane_batches(token_documents, batch_size, segment_length, bos_id=1):
         )
 
 
+def shuffled(items, buffer_size, rng):
+    """Items in a random order through a buffer of `buffer_size` (0 or 1: in order), as
+    `tf.data.Dataset.shuffle` does: each item out is drawn from the buffer, refilled as it goes."""
+    if buffer_size <= 1:
+        yield from items
+        return
+    buffer = []
+    for item in items:
+        if len(buffer) < buffer_size:
+            buffer.append(item)
+            continue
+        index = rng.integers(len(buffer))
+        yield buffer[index]
+        buffer[index] = item
+    rng.shuffle(buffer)
+    yield from buffer
+
+
 def lane_dataset(source, tokenizer, batch_size, segment_length, repeat=False,
                  shuffle_buffer=0, seed=0, input_context=None):
     """A `tf.data.Dataset` of lane batches from a document source.
@@ -87,18 +105,24 @@ def lane_dataset(source, tokenizer, batch_size, segment_length, repeat=False,
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be at least 1. Received: batch_size={batch_size}")
 
+    shards, shard = 1, 0
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        shards, shard = input_context.num_input_pipelines, input_context.input_pipeline_id
+
     def token_documents():
-        docs = tf.data.Dataset.from_generator(
-            source.documents, output_signature=tf.TensorSpec((), tf.string)
-        )
-        if input_context is not None and input_context.num_input_pipelines > 1:
-            docs = docs.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-        if shuffle_buffer:
-            docs = docs.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-        if repeat:
-            docs = docs.repeat()
-        docs = docs.map(tokenizer, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return docs.as_numpy_iterator()
+        # Plain Python, not a second tf.data pipeline inside this one's generator: destroying a
+        # nested pipeline when fit ends waited for its shuffle buffer to refill (up to a minute).
+        rng = np.random.default_rng(seed)
+        for text in shuffled(documents(), shuffle_buffer, rng):
+            yield np.asarray(tokenizer(tf.constant(text)))
+
+    def documents():
+        while True:
+            for index, text in enumerate(source.documents()):
+                if index % shards == shard:
+                    yield text
+            if not repeat:
+                return
 
     bos = getattr(tokenizer, "bos_id", 1)
     spec = (

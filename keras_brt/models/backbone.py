@@ -279,6 +279,11 @@ class BlockRecurrentTransformerBackbone(keras.Model):
                 "`token_ids` must be an integer tensor. Received: token_ids.dtype="
                 f"{keras.backend.standardize_dtype(token_ids.dtype)}"
             )
+        if token_ids.shape[1] == 0 or token_ids.shape[0] == 0:
+            raise ValueError(
+                "`token_ids` must hold at least one row and one token. Received: token_ids.shape="
+                f"{tuple(token_ids.shape)}"
+            )
         ids = concrete_value(token_ids)
         if ids is not None and ids.size and (ids.min() < 0 or ids.max() >= self.vocabulary_size):
             bad = ids[(ids < 0) | (ids >= self.vocabulary_size)]

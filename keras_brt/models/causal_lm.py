@@ -274,6 +274,12 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
             of the last block as null padding (right to end a document; stream
             in multiples of W to continue one).
         """
+        if isinstance(token_ids, (list, tuple)):  # Python ids: an integer array, or a named error.
+            token_ids = np.asarray(token_ids)
+            if token_ids.size and not np.issubdtype(token_ids.dtype, np.integer):
+                raise ValueError(f"`token_ids` must be integers. Received: token_ids of dtype "
+                                 f"{token_ids.dtype}")
+            token_ids = token_ids.astype("int32")
         if not self.built:
             self.build()
         hidden, new_state = self.backbone(

@@ -43,7 +43,9 @@ def _check_array(token_ids, vocabulary_size):
 def checked_inputs(x, vocabulary_size):
     """`x` with its token ids checked: arrays now, generators and datasets as they are read."""
     if hasattr(x, "element_spec"):  # A tf.data.Dataset (TensorFlow is installed then).
-        return _checked_dataset(x, vocabulary_size)
+        # A dataset already distributed over replicas cannot be mapped: its ids reach the step
+        # unchecked, where the backbone turns them into NaN rows (see the module docstring).
+        return _checked_dataset(x, vocabulary_size) if hasattr(x, "map") else x
     if hasattr(x, "__next__") and not hasattr(x, "shape"):  # A generator or iterator of batches.
         return _checked_iterator(x, vocabulary_size)
     _check_array(_token_ids_of(x), vocabulary_size)

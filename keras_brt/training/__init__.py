@@ -1,6 +1,6 @@
 """Training utilities: metrics, optimizers, held-out evaluation, run directories."""
 
-from keras_brt.training.callbacks import StepLosses
+from keras_brt.training.callbacks import StepHistory, StepLosses
 from keras_brt.training.evaluation import evaluate_bits_per_token, make_eval_step
 from keras_brt.training.metrics import BitsPerToken, TokenAccuracy
 from keras_brt.training.optimizers import InverseSquareRootDecay, make_optimizer
@@ -10,6 +10,7 @@ __all__ = [
     "BitsPerToken",
     "InverseSquareRootDecay",
     "RunCheckpoint",
+    "StepHistory",
     "StepLosses",
     "TokenAccuracy",
     "evaluate_bits_per_token",

@@ -35,7 +35,8 @@ def make_eval_step(lm):
     return compile_function(lm, step)
 
 
-def evaluate_bits_per_token(lm, dataset, clear_state=False, max_batches=None, step=None):
+def evaluate_bits_per_token(lm, dataset, clear_state=False, max_batches=None, step=None,
+                            progress=None):
     """Bits per token over a lane dataset, from fresh lanes, documents run to their end.
 
     Args:
@@ -45,6 +46,8 @@ def evaluate_bits_per_token(lm, dataset, clear_state=False, max_batches=None, st
         clear_state: reset the recurrent state vectors at every segment.
         max_batches: stop early (the result then covers partial documents).
         step: a function from `make_eval_step(lm)` to reuse (saves a compile).
+        progress: optional callable `progress(batches, documents, tokens)`, called
+            after every batch with the counts so far (documents started).
 
     Returns:
         A dict with `bits_per_token`, `tokens`, and `loss_by_position` /
@@ -55,7 +58,7 @@ def evaluate_bits_per_token(lm, dataset, clear_state=False, max_batches=None, st
     step = step or make_eval_step(lm)
     clear = np.array(bool(clear_state))
     state, position = None, None
-    total, count = 0.0, 0.0
+    total, count, documents = 0.0, 0.0, 0
     sums, counts = np.zeros(0), np.zeros(0)  # bits by position bucket inside documents
     for index, (x, y, weights) in enumerate(dataset):
         if max_batches is not None and index >= max_batches:
@@ -80,6 +83,9 @@ def evaluate_bits_per_token(lm, dataset, clear_state=False, max_batches=None, st
         np.add.at(sums, buckets, nats[weights > 0])
         np.add.at(counts, buckets, 1.0)
         position = position + length
+        documents += int(np.count_nonzero(x["start_of_sequence"]))
+        if progress is not None:
+            progress(index + 1, documents, int(count))
     if count == 0:
         raise ValueError("The evaluation data held no token to predict. Received: an empty dataset")
     with np.errstate(invalid="ignore", divide="ignore"):

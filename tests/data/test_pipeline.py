@@ -129,13 +129,52 @@ def test_folder_source_reads_recursively_counts_encoding_errors_and_splits(tmp_p
     source = data.FolderSource(str(tmp_path), pattern="*.txt")
     texts = list(source.documents())
     assert sorted(texts) == ["caf\ufffd latin-1 bytes", "first document"]
-    assert source.stats == {"files": 2, "files_with_encoding_errors": 1, "unreadable_files": 0}
+    assert source.stats == {"files": 2, "files_with_encoding_errors": 1, "skipped_not_text": 0,
+                            "unreadable_files": 0, "bytes": len("first document") + 18}
     for i in range(40):
         (tmp_path / f"doc{i}.txt").write_text(f"text {i}")
     train = data.FolderSource(str(tmp_path), pattern="*.txt", split="train", held_out_fraction=0.25)
     test = data.FolderSource(str(tmp_path), pattern="*.txt", split="test", held_out_fraction=0.25)
     assert set(train.files).isdisjoint(test.files) and len(train.files) + len(test.files) == 42
     assert test.files == data.FolderSource(str(tmp_path), "*.txt", "test", 0.25).files  # stable
+
+
+def test_small_folders_hold_out_the_tail_of_every_file_and_the_parts_make_up_the_files(tmp_path):
+    texts = ["é" * 50 + "abc" * 30, "x" * 333, "über " * 40]
+    for i, text in enumerate(texts):
+        (tmp_path / f"f{i}.txt").write_text(text, encoding="utf-8")
+    train = data.FolderSource(str(tmp_path), split="train", held_out_fraction=0.2)
+    test = data.FolderSource(str(tmp_path), split="test", held_out_fraction=0.2)
+    assert train.split_mode == test.split_mode == "tails" and "too few files" in test.describe_split()
+    heads, tails = list(train.documents()), list(test.documents())
+    assert [h + t for h, t in zip(heads, tails)] == texts  # no character cut in two, nothing lost
+    for text, tail in zip(texts, tails):
+        assert abs(len(tail.encode()) - 0.2 * len(text.encode())) <= 2
+    assert train.stats["bytes"] + test.stats["bytes"] == sum(len(t.encode()) for t in texts)
+    # With enough files, whole files are held out as before.
+    for i in range(40):
+        (tmp_path / f"more{i}.txt").write_text(f"text {i}")
+    assert data.FolderSource(str(tmp_path), split="test").split_mode == "files"
+
+
+def test_encodings_are_read_as_given_and_files_that_are_not_text_are_skipped(tmp_path):
+    latin = "café crème brûlée " * 10
+    (tmp_path / "latin.txt").write_bytes(latin.encode("latin-1"))
+    (tmp_path / "binary.txt").write_bytes(b"\x00\x01\x02PNG" * 20)
+    with pytest.warns(UserWarning, match="binary.txt: not a text file"):
+        as_latin = data.FolderSource(str(tmp_path), encoding="latin-1")
+    assert list(as_latin.documents()) == [latin]  # named once, not at every pass
+    # Bytes are those of the file, not of its UTF-8 re-encoding.
+    assert as_latin.stats["bytes"] == len(latin.encode("latin-1")) == as_latin.last_document_bytes
+    assert as_latin.stats["files_with_encoding_errors"] == 0 and as_latin.stats["skipped_not_text"] == 1
+    with pytest.warns(UserWarning):
+        as_utf8 = data.FolderSource(str(tmp_path))
+    (text,) = list(as_utf8.documents())
+    assert "\ufffd" in text and as_utf8.stats["files_with_encoding_errors"] == 1
+    with pytest.raises(ValueError, match="encoding='klingon'"):
+        data.FolderSource(str(tmp_path), encoding="klingon")
+    with pytest.raises(ValueError, match="held_out_fraction=1.5"):
+        data.FolderSource(str(tmp_path), split="test", held_out_fraction=1.5)
 
 
 def test_folder_source_errors(tmp_path):

@@ -131,3 +131,16 @@ def test_a_checkpoint_never_records_a_skipped_step(tmp_path):
 
     with open(tmp_path / "checkpoint.json") as f:
         assert json.load(f)["step"] == 1
+
+
+def test_call_with_state_takes_python_lists_and_names_empty_or_ragged_ids():
+    lm = make_lm()
+    ids = token_ids(B, T)
+    logits, _ = lm.call_with_state(ids.tolist())
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(lm.call_with_state(ids)[0]), atol=1e-6)
+    with pytest.raises(ValueError, match=r"token_ids.shape=\(2, 0\)"):
+        lm.call_with_state(np.zeros((2, 0), "int32"))
+    with pytest.raises(ValueError, match="token_ids"):
+        lm.call_with_state([[1.5, 2.0]])
+    with pytest.raises(ValueError, match="token_ids"):
+        lm.call_with_state([])
