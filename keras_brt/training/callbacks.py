@@ -40,6 +40,10 @@ class StepHistory(keras.callbacks.Callback):
     """Appends one CSV row every `every` training steps: the step and each logged
     metric's mean over those steps.
 
+    The means are recovered from the running means Keras logs, each step weighing
+    the same: exact for the loss; for metrics Keras weighs by tokens (bits per
+    token) a close approximation when batches hold different numbers of tokens.
+
     Unlike `keras.callbacks.CSVLogger` (one row per epoch), a run that is killed
     and resumed keeps its whole history in one file: rows are flushed as they are
     written, and on resuming, rows past the step the run resumes from (written
