@@ -54,11 +54,12 @@ def _lane_count(x, batch_size):
 
 
 def _finite_update(logs, trainable_values):
-    """True when the step's loss and every new trainable value are finite."""
-    finite = ops.all(ops.isfinite(logs["loss"]))
+    """True when the step's loss and every new trainable value are finite: one sum, since
+    a NaN or an infinity anywhere makes the sum non-finite."""
+    total = ops.sum(ops.cast(logs["loss"], "float32"))
     for value in trainable_values:
-        finite = ops.logical_and(finite, ops.all(ops.isfinite(value)))
-    return finite
+        total = total + ops.sum(ops.cast(value, "float32"))
+    return ops.isfinite(total)
 
 
 class _ReraiseOutOfVocabulary:
@@ -513,9 +514,7 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
             logs, new_state = super().train_step(*args, **kwargs)
             trainable = new_state[0]
             keep = _finite_update(logs, trainable)
-            new_state = keras.tree.map_structure(
-                lambda new, old: ops.where(keep, new, old), new_state, state
-            )
+            new_state = ops.cond(keep, lambda: new_state, lambda: state)
             return logs, new_state
         if keras.backend.backend() == "tensorflow" and not replicas.multi_replica_strategy():
             guarded = list(self.trainable_variables) + list(self.non_trainable_variables) + list(
@@ -524,8 +523,13 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
             before = [ops.copy(v.value) for v in guarded]
             logs = super().train_step(*args, **kwargs)
             keep = _finite_update(logs, self.trainable_variables)
-            for variable, old in zip(guarded, before):
-                variable.assign(ops.where(keep, variable.value, old))
+
+            def restore():
+                for variable, old in zip(guarded, before):
+                    variable.assign(old)
+                return keep
+
+            ops.cond(keep, lambda: keep, restore)
             return replicas.multi_worker_logs(logs)
         if keras.backend.backend() == "tensorflow":
             return replicas.multi_worker_logs(super().train_step(*args, **kwargs))
