@@ -523,13 +523,10 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
             before = [ops.copy(v.value) for v in guarded]
             logs = super().train_step(*args, **kwargs)
             keep = _finite_update(logs, self.trainable_variables)
-
-            def restore():
-                for variable, old in zip(guarded, before):
-                    variable.assign(old)
-                return keep
-
-            ops.cond(keep, lambda: keep, restore)
+            # No control flow here: under a (one-replica) strategy, assignments inside a cond
+            # would be a cross-replica merge inside control flow, which TensorFlow refuses.
+            for variable, old in zip(guarded, before):
+                variable.assign(ops.where(keep, variable.value, old))
             return replicas.multi_worker_logs(logs)
         if keras.backend.backend() == "tensorflow":
             return replicas.multi_worker_logs(super().train_step(*args, **kwargs))
