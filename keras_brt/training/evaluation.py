@@ -83,7 +83,7 @@ def evaluate_bits_per_token(lm, dataset, clear_state=False, max_batches=None, st
         np.add.at(sums, buckets, nats[weights > 0])
         np.add.at(counts, buckets, 1.0)
         position = position + length
-        documents += int(np.count_nonzero(x["start_of_sequence"]))
+        documents += int(np.count_nonzero(x["start_of_sequence"] & (weights.sum(axis=1) > 0)))
         if progress is not None:
             progress(index + 1, documents, int(count))
     if count == 0:
