@@ -11,7 +11,7 @@ from keras_brt.models import replicas
 from keras_brt.models.backbone import BlockRecurrentTransformerBackbone, concrete_value
 from keras_brt.models.compiling import compile_function
 from keras_brt.models.generation import generate_step, prepare_prompts
-from keras_brt.models.input_checks import checked_inputs, reraise_out_of_vocabulary
+from keras_brt.models.input_checks import checked_inputs, reraising_out_of_vocabulary
 from keras_brt.models.losses import TokenCrossEntropy
 from keras_brt.models.samplers import get_sampler
 
@@ -60,21 +60,6 @@ def _finite_update(logs, trainable_values):
     for value in trainable_values:
         total = total + ops.sum(ops.cast(value, "float32"))
     return ops.isfinite(total)
-
-
-class _ReraiseOutOfVocabulary:
-    """Turns the `tf.data` assertion on token ids into the same `ValueError` as arrays get."""
-
-    def __init__(self, vocabulary_size):
-        self.vocabulary_size = vocabulary_size
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, error, traceback):
-        if error is not None and not isinstance(error, ValueError):
-            reraise_out_of_vocabulary(error, self.vocabulary_size)
-        return False
 
 
 class NonFiniteUpdateStop(keras.callbacks.Callback):
@@ -593,7 +578,7 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
                                batch_size=batch_size, shuffle=False, callbacks=callbacks, **kwargs)
 
     def _reraising(self):
-        return _ReraiseOutOfVocabulary(self.backbone.vocabulary_size)
+        return reraising_out_of_vocabulary(self.backbone.vocabulary_size)
 
     def train_on_batch(self, x, y=None, sample_weight=None, **kwargs):
         """`keras.Model.train_on_batch` with the token ids checked first."""

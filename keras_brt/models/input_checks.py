@@ -6,9 +6,10 @@ turns such rows into NaN, and a NaN loss would reach the weights. So `fit`,
 ids of every batch before it enters a step: arrays at once, Python generators
 and iterators batch by batch, and `tf.data` pipelines through an assertion
 mapped over the pipeline (its failure is turned back into the same
-`ValueError` by `reraise_out_of_vocabulary`).
+`ValueError` by `reraising_out_of_vocabulary`).
 """
 
+import contextlib
 import re
 
 import numpy as np
@@ -80,13 +81,19 @@ def _checked_dataset(dataset, vocabulary_size):
     return dataset.map(check)
 
 
-def reraise_out_of_vocabulary(error, vocabulary_size):
-    """Raises the `ValueError` for a `tf.data` assertion of `_checked_dataset`, else returns."""
-    message = str(getattr(error, "message", error))
-    # A tf.data assertion, or the ValueError of a generator that TensorFlow wrapped in its own error.
-    found = re.search(re.escape(_MARKER) + r"\D*\[?\s*(-?\d+)", message) or re.search(
-        r"no weight was changed by this batch\. Received: token_ids=(-?\d+)", message)
-    if _MARKER not in message and not found:
-        return
-    raise out_of_vocabulary_error(found.group(1) if found else "an id outside it",
-                                  vocabulary_size) from None
+@contextlib.contextmanager
+def reraising_out_of_vocabulary(vocabulary_size):
+    """Turns a `tf.data` assertion of `_checked_dataset` (or a generator's ValueError that
+    TensorFlow wrapped in its own error) back into the `ValueError` arrays get."""
+    try:
+        yield
+    except ValueError:
+        raise
+    except Exception as error:
+        message = str(getattr(error, "message", error))
+        found = re.search(re.escape(_MARKER) + r"\D*\[?\s*(-?\d+)", message) or re.search(
+            r"no weight was changed by this batch\. Received: token_ids=(-?\d+)", message)
+        if _MARKER not in message and not found:
+            raise
+        raise out_of_vocabulary_error(found.group(1) if found else "an id outside it",
+                                      vocabulary_size) from None
