@@ -30,6 +30,7 @@ import numpy as np
 import keras_brt
 from keras_brt.data import needle_lanes, needle_recall_accuracy
 from keras_brt.data.needles import PAYLOAD, VOCABULARY_SIZE
+from keras_brt.training.optimizers import STATE_PATH, GroupedAdamW
 from speed import device_kind  # bench/ is on the path when run as a script
 from state_probe import cell_parameters, recurrent_cells
 
@@ -88,8 +89,12 @@ def run(model, args, dtype):
     if model == "full":  # One segment = one episode = one window.
         segment_blocks = max(distances) + 1
     lm, config = make_lm(model, segment_blocks * W, args, dtype)
-    lm.compile(optimizer=keras.optimizers.Adam(args.learning_rate, global_clipnorm=1.0),
-               jit_compile=True)
+    if args.state_lr_multiplier != 1.0:  # Adam with the state path's rate multiplied
+        optimizer = GroupedAdamW({STATE_PATH: args.state_lr_multiplier}, learning_rate=args.learning_rate,
+                                 weight_decay=0.0, global_clipnorm=1.0)
+    else:
+        optimizer = keras.optimizers.Adam(args.learning_rate, global_clipnorm=1.0)
+    lm.compile(optimizer=optimizer, jit_compile=True)
     x, y, w = needle_lanes(rng, args.steps, args.batch, distances, args.needles, W, segment_blocks)
     def evaluate(lm, rows=256):
         eval_rng = np.random.default_rng(args.seed + 1000)  # the same episodes every time
@@ -119,6 +124,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=3e-3)
+    parser.add_argument("--state-lr-multiplier", type=float, default=1.0,
+                        help="multiply the recurrent state path's learning rate (GroupedAdamW)")
     parser.add_argument("--state-vectors", type=int, default=8)
     parser.add_argument("--attention-scale-init", type=float, default=4.0)
     parser.add_argument("--config", default="{}",

@@ -123,10 +123,12 @@ def make_model(model, dtype):
     return keras_brt.models.BlockRecurrentTransformerCausalLM(backbone)
 
 
-def train(model, segment_length, batch, steps, train_source, pipeline, dtype, seed=0, callbacks=()):
+def train(model, segment_length, batch, steps, train_source, pipeline, dtype, seed=0, callbacks=(),
+          optimizer=None):
+    """`optimizer`: keyword arguments of `make_optimizer` (default: AdamW's recipe)."""
     keras.utils.set_random_seed(seed)
     lm = make_model(model, dtype)
-    lm.compile(optimizer=make_optimizer("adamw", steps), weighted_metrics=[BitsPerToken()],
+    lm.compile(optimizer=make_optimizer(steps=steps, **(optimizer or {})), weighted_metrics=[BitsPerToken()],
                jit_compile=True)
     if pipeline == "tf":
         from keras_brt.data import ByteTokenizer, lane_dataset
@@ -237,7 +239,9 @@ def main():
                         help='JSON {"label": {backbone overrides}}: more rows, each the first model '
                              '(Rec) with those overrides, e.g. the paper\'s initialisation; '
                              '"segment_length" sets the row\'s segment (its batch is tokens per step / '
-                             'segment), "recurrent_layers": [] makes it a Slide row')
+                             'segment), "recurrent_layers": [] makes it a Slide row, "optimizer" holds '
+                             'make_optimizer\'s arguments (e.g. {"state_learning_rate_multiplier": 10} '
+                             'or {"name": "adafactor"})')
     parser.add_argument("--probe-every", type=int, default=250,
                         help="log the state's scales and gate every N steps (bench/state_probe.py)")
     parser.add_argument("--deep-probe-every", type=int, default=1000,
@@ -277,7 +281,8 @@ def main():
         for label, overrides in json.loads(args.variants).items():
             base = dict(get_preset(rec_model)["config"]) if isinstance(rec_model, str) else rec_model
             segment = overrides.pop("segment_length", rec_segment)
-            models.append((label, {**base, **overrides}, segment))
+            optimizer = overrides.pop("optimizer", None)  # make_optimizer's arguments
+            models.append((label, {**base, **overrides}, segment, optimizer))
 
     results = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
     stem = f"quality_{args.data}_{keras.backend.backend()}" + ("" if args.size == "tiny" else f"_{args.size}")
@@ -295,14 +300,16 @@ def main():
     probe_batch = next(iter(byte_lanes(test_source, 4, 2048)))
     probe_batch = (probe_batch[0]["token_ids"], probe_batch[1], probe_batch[2])
     rows, curves = [], {}
-    for label, model, segment in models:
+    for label, model, segment, *optimizer in models:
         batch = tokens_per_step // segment
+        optimizer = optimizer[0] if optimizer else None
         probe = StateProbe(args.probe_every, probe_batch, args.deep_probe_every)
         lm, losses, seconds = train(model, segment, batch, args.steps, train_source, pipeline, args.dtype,
-                                    args.seed, callbacks=[probe])
+                                    args.seed, callbacks=[probe], optimizer=optimizer)
         report = evaluate(lm, test_source, batch, segment, args.eval_documents)
         curves[label] = losses
-        rows.append({"model": label, "config": model, "segment_length": segment, "batch": batch,
+        rows.append({"model": label, "config": model, "optimizer": optimizer or {"name": "adamw"},
+                     "segment_length": segment, "batch": batch,
                      "train_seconds": seconds, "final_train_loss": float(np.mean(losses[-10:])),
                      **report, "state_probe": probe.rows})
         print(f"trained {label}: held-out {report['bits_per_token']:.4f} bits/token "
