@@ -34,6 +34,54 @@ def test_make_optimizer_recipes_and_errors():
         training.InverseSquareRootDecay(0)
 
 
+def test_grouped_adamw_multiplies_the_learning_rate_of_matching_variables_only():
+    grad = np.array([0.3, -2.0, 1e-3], "float32")
+    updates = {}
+    for optimizer in (keras.optimizers.AdamW(learning_rate=0.01, weight_decay=0.0),
+                      training.GroupedAdamW({r"(^|/)state_": 7.0}, learning_rate=0.01, weight_decay=0.0)):
+        variables = [keras.Variable(np.ones(3, "float32"), name=name)
+                     for name in ("state_gate", "token_gate")]
+        for _ in range(3):
+            optimizer.apply([keras.ops.convert_to_tensor(grad)] * 2, variables)
+        updates[type(optimizer).__name__] = [1.0 - np.asarray(v) for v in variables]
+    adamw, grouped = updates["AdamW"], updates["GroupedAdamW"]
+    assert np.all(np.abs(adamw[0]) > 0.005)
+    np.testing.assert_allclose(grouped[0], 7.0 * adamw[0], rtol=1e-4)  # state_gate: 7x the step
+    np.testing.assert_allclose(grouped[1], adamw[1], rtol=1e-6)  # token_gate: AdamW's step
+
+
+def test_state_path_pattern_selects_the_recurrent_state_path():
+    lm = make_lm()
+    lm(token_ids())
+    optimizer = training.make_optimizer("adamw", steps=10, state_learning_rate_multiplier=4.0)
+    assert isinstance(optimizer, training.GroupedAdamW)
+    fast = {v.path for v in lm.trainable_variables if optimizer.multiplier(v.path) == 4.0}
+    slow = {v.path for v in lm.trainable_variables} - fast
+    for part in ("initial_state", "state_gate/", "state_ids", "state_qkv_dense/", "state_norm/",
+                 "token_cross_scale"):
+        assert any(part in path for path in fast), (part, sorted(fast))
+    assert not any("state" in path.rsplit("/", 1)[-1] for path in slow), sorted(slow)
+    assert any("embedding" in path for path in slow)
+    assert len(fast) >= 6
+
+
+def test_grouped_adamw_config_round_trip_and_errors():
+    optimizer = training.GroupedAdamW({training.optimizers.STATE_PATH: 3.0}, learning_rate=2e-3,
+                                      weight_decay=0.05)
+    restored = keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))
+    assert isinstance(restored, training.GroupedAdamW)
+    assert restored.learning_rate_multipliers == {training.optimizers.STATE_PATH: 3.0}
+    assert restored.get_config() == optimizer.get_config()
+    with pytest.raises(ValueError, match="invalid pattern.*'state_\\('"):
+        training.GroupedAdamW({"state_(": 2.0})
+    with pytest.raises(ValueError, match="positive numbers.*-1"):
+        training.GroupedAdamW({"state_": -1})
+    with pytest.raises(ValueError, match="state_learning_rate_multiplier=0"):
+        training.make_optimizer("adamw", state_learning_rate_multiplier=0)
+    with pytest.raises(ValueError, match="adafactor"):
+        training.make_optimizer("adafactor", state_learning_rate_multiplier=2.0)
+
+
 def test_bits_per_token_is_weighted_cross_entropy_in_bits():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(2, 5, 7)).astype("float32")

@@ -49,6 +49,8 @@ class GroupedAdamW(keras.optimizers.AdamW):
     its gradient, so a path whose gradients are small and noisy (the recurrent state's,
     20-100x smaller than the window's) does not catch up by itself; a multiplier on its
     learning rate is the direct lever. Weight decay keeps the base learning rate.
+    Measured on the state path (bench/results/NOTES.md): x3 trained level with x1 and x10
+    was worse, so the defaults do not use it; it is here for such experiments.
 
     Args:
         learning_rate_multipliers: dict of regular expression -> float. A variable whose
