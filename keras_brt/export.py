@@ -99,6 +99,16 @@ def export_saved_model(lm, path, version=1, scores="logits", tokenizer=None, ove
     names = sorted(shapes)
     dtype = backbone.compute_dtype
 
+    # A signature binds its inputs by name and dtype only: TF Serving and `signatures[...]`
+    # pass tensors of any rank. `ensure_shape` stops those first, naming the input and the
+    # expected shape, before an op that assumes the rank fails with a message naming neither.
+    def ranked_ids(token_ids):
+        return tf.ensure_shape(token_ids, (None, None), name="check_token_ids")
+
+    def ranked_state(state):
+        return {name: tf.ensure_shape(state[name], (None,) + tuple(shapes[name][1:]),
+                                      name=f"check_{name}") for name in names}
+
     def check_ids(token_ids):
         return [
             tf.debugging.assert_rank(token_ids, 2, message="token_ids must be (batch, length)"),
@@ -114,17 +124,10 @@ def export_saved_model(lm, path, version=1, scores="logits", tokenizer=None, ove
     def check_state(token_ids, state):
         checks = []
         batch = tf.shape(token_ids)[0]
-        for name in names:
-            expected = tf.constant(shapes[name][1:], tf.int32)
-            dims = ", ".join(str(d) for d in shapes[name][1:])
-            checks += [
-                tf.debugging.assert_equal(
-                    tf.shape(state[name])[1:], expected,
-                    message=f"state {name} must have shape (batch, {dims})"),
-                tf.debugging.assert_equal(
-                    tf.shape(state[name])[0], batch,
-                    message=f"state {name} must have the batch size of token_ids"),
-            ]
+        for name in names:  # Their other dimensions are checked by `ranked_state`.
+            checks.append(tf.debugging.assert_equal(
+                tf.shape(state[name])[0], batch,
+                message=f"state {name} must have the batch size of token_ids"))
         return checks
 
     def score(logits):
@@ -141,6 +144,7 @@ def export_saved_model(lm, path, version=1, scores="logits", tokenizer=None, ove
     }
 
     def serving_default(token_ids):
+        token_ids = ranked_ids(token_ids)
         with tf.control_dependencies(check_ids(token_ids)):
             logits, _ = forward(tf.identity(token_ids), None)
         return score(logits)
@@ -152,6 +156,7 @@ def export_saved_model(lm, path, version=1, scores="logits", tokenizer=None, ove
         return {name: tf.cast(state[name], tf.float32) for name in names}
 
     def step(token_ids, state):
+        token_ids, state = ranked_ids(token_ids), ranked_state(state)
         with tf.control_dependencies(check_ids(token_ids) + check_state(token_ids, state)):
             token_ids = tf.identity(token_ids)
             state = {name: tf.cast(tf.identity(state[name]), dtype) for name in names}

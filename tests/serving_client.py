@@ -61,6 +61,13 @@ def main(saved_model, requests, responses):
         "missing_state": error_of(signatures["step"], token_ids=tf.constant(ids[:, :4]),
                                   **{k: v for k, v in fresh.items() if k != name}),
         "no_tokens": error_of(signatures["step"], token_ids=tf.constant(ids[:, :0]), **fresh),
+        "one_dimensional": error_of(signatures["step"], token_ids=tf.constant(ids[0, :4]), **fresh),
+        "rank_5_state": error_of(signatures["step"], token_ids=tf.constant(ids[:, :4]),
+                                 **{**fresh, name: fresh[name][:, None]}),
+        "int64_method": error_of(lambda **kw: loaded.step(kw.pop("token_ids"), kw),
+                                 token_ids=tf.constant(ids[:, :4], tf.int64), **fresh),
+        "float_method": error_of(lambda **kw: loaded.step(kw.pop("token_ids"), kw),
+                                 token_ids=tf.constant(ids[:, :4], tf.float32), **fresh),
     }
     out["errors"] = np.array(json.dumps(errors))
     out["state_names"] = np.array(state_names)

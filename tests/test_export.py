@@ -107,10 +107,21 @@ def test_bad_requests_fail_with_a_message_naming_the_input(exported):
     # Shapes the signature cannot pin down (batch, and TF Serving checks none) are checked in the graph.
     assert "InvalidArgumentError" in errors["state_batch"]
     assert f"state {name} must have the batch size of token_ids" in errors["state_batch"]
-    assert f"state {name} must have shape (batch, {W}, 2, 8)" in errors["state_shape"]
+    assert f"Shape of tensor {name} [3,{W + 1},2,8] is not compatible with expected shape [?,{W},2,8]" \
+        in errors["state_shape"]
     assert f"token_ids must be < vocabulary_size={V}" in errors["out_of_vocabulary"]
     assert name in errors["missing_state"]  # Python's own binding error, from the signature.
     assert "token_ids must hold at least one row and one token" in errors["no_tokens"]
+    # Signatures take tensors of any rank; the graph checks the rank first, naming the input.
+    assert "Shape of tensor token_ids [4] is not compatible with expected shape [?,?]" \
+        in errors["one_dimensional"]
+    assert f"Shape of tensor {name} [3,1,{W},2,8] is not compatible with expected shape [?,{W},2,8]" \
+        in errors["rank_5_state"]
+    # The SavedModel's `step` method binds dtypes itself, naming the input and the expected spec.
+    for key, dtype in (("int64_method", "int64"), ("float_method", "float32")):
+        assert re.search(rf"TensorSpec\(shape=\(3, 4\), dtype=tf.{dtype}, name='token_ids'\) to "
+                         r"TensorSpec\(shape=\(None, None\), dtype=tf.int32, name='token_ids'\)",
+                         errors[key]), errors[key]
 
 
 @tensorflow_backend_only
