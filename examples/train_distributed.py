@@ -54,6 +54,7 @@ def main(argv=None):
         lambda batch, context: data.lane_dataset(source, tokenizer, batch, args.segment_length,
                                                  repeat=True, input_context=context),
         global_batch_size=args.global_batch_size,
+        vocabulary_size=lm.backbone.vocabulary_size,  # ids outside it stop fit with a ValueError
     )
     history = lm.fit(dataset, steps_per_epoch=args.steps, epochs=1, verbose=0)
     config = json.loads(os.environ.get("TF_CONFIG", "{}"))

@@ -128,7 +128,7 @@ def per_replica_batch_size(global_batch_size, strategy):
     return global_batch_size // replicas
 
 
-def distribute_lanes(strategy, make_dataset, global_batch_size):
+def distribute_lanes(strategy, make_dataset, global_batch_size, vocabulary_size=None):
     """Per-replica lane datasets for `strategy` (each worker reads its own documents).
 
     Args:
@@ -136,12 +136,24 @@ def distribute_lanes(strategy, make_dataset, global_batch_size):
         make_dataset: `(per_replica_batch, input_context) -> tf.data.Dataset`, e.g.
             `lambda b, ctx: lane_dataset(source, tokenizer, b, T, repeat=True, input_context=ctx)`.
         global_batch_size: lanes over all replicas.
+        vocabulary_size: the model's vocabulary. With it, every replica's batches are
+            checked as `fit` checks an undistributed dataset: an id outside the vocabulary
+            stops `fit` with a `ValueError` naming `token_ids` before any weight changes
+            (`fit` cannot map a dataset that is already distributed). Without it, such an
+            id makes the step's loss NaN, the step is not applied, and `fit` stops with a
+            `FloatingPointError`.
 
     Returns:
         A distributed dataset for `fit`.
     """
     per_replica = per_replica_batch_size(global_batch_size, strategy)
-    return strategy.distribute_datasets_from_function(lambda context: make_dataset(per_replica, context))
+    if vocabulary_size is None:
+        return strategy.distribute_datasets_from_function(
+            lambda context: make_dataset(per_replica, context))
+    from keras_brt.models.input_checks import checked_inputs
+
+    return strategy.distribute_datasets_from_function(
+        lambda context: checked_inputs(make_dataset(per_replica, context), vocabulary_size))
 
 
 def free_ports(count):

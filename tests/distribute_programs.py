@@ -44,6 +44,66 @@ def train(strategy, jit_compile):
     return lm, record.losses, lanes
 
 
+def weighted_segments(poisoned_batch=None):
+    """`segments()` with sample weights; those of `poisoned_batch` are NaN."""
+    ids = np.concatenate([token_ids(batch=LANES, length=2 * W, seed=s) for s in range(SEGMENTS)])
+    weights = np.ones(ids.shape, "float32")
+    if poisoned_batch is not None:
+        weights[poisoned_batch * LANES:(poisoned_batch + 1) * LANES] = np.nan
+    x = {"token_ids": ids, "start_of_sequence": np.arange(len(ids)) < LANES}
+    return tf.data.Dataset.from_tensor_slices((x, ids, weights)).batch(LANES, drop_remainder=True)
+
+
+def non_finite(strategy, jit_compile):
+    """One clean step, then a step whose loss is NaN: that step must not be applied."""
+    state = []
+    for poisoned in (False, True):
+        keras.utils.set_random_seed(0)
+        with distribute.strategy_scope(strategy):
+            lm = make_lm()
+            lm.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=jit_compile)
+        error = None
+        try:
+            lm.fit(weighted_segments(1 if poisoned else None).take(2 if poisoned else 1), verbose=0)
+        except FloatingPointError as caught:
+            error = str(caught)
+        values = [np.asarray(v) for v in lm.backbone.weights + lm.optimizer.variables]
+        values += [np.asarray(v) for v in lm.lane_state().values()]
+        state.append((values, int(lm.optimizer.iterations.numpy()), error))
+    (clean, clean_steps, _), (after, steps, error) = state
+    return {"error": error, "steps": [clean_steps, steps],
+            "difference": max(float(np.abs(a - b).max()) for a, b in zip(clean, after)),
+            "finite": all(bool(np.isfinite(a).all()) for a in after if a.dtype.kind == "f")}
+
+
+def out_of_vocabulary(strategy):
+    """An id outside the vocabulary in a dataset distributed before fit (distribute_lanes with
+    the vocabulary): a ValueError naming token_ids, and no weight changed."""
+    keras.utils.set_random_seed(0)
+    with distribute.strategy_scope(strategy):
+        lm = make_lm()
+        lm.build({"token_ids": (LANES, 2 * W)})
+        lm.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=True)
+    before = [np.asarray(v) for v in lm.backbone.weights]
+    vocabulary = lm.backbone.vocabulary_size
+
+    def make_dataset(batch, context):
+        ids = np.concatenate([token_ids(batch=LANES, length=2 * W, seed=s) for s in range(2)])
+        ids[1, 3] = vocabulary + 5  # in the first global batch
+        shard = ids.reshape(2, LANES, -1)[:, context.input_pipeline_id::context.num_input_pipelines]
+        shard = shard.reshape(-1, ids.shape[1])
+        return tf.data.Dataset.from_tensor_slices((shard, shard)).batch(batch, drop_remainder=True)
+
+    dataset = distribute.distribute_lanes(strategy, make_dataset, LANES, vocabulary_size=vocabulary)
+    error = None
+    try:
+        lm.fit(dataset, verbose=0)
+    except ValueError as caught:
+        error = str(caught)
+    difference = max(float(np.abs(a - np.asarray(b)).max()) for a, b in zip(before, lm.backbone.weights))
+    return {"error": error, "steps": int(lm.optimizer.iterations.numpy()), "difference": difference}
+
+
 def mirrored():
     results = {}
     mirrored_strategy = distribute.get_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
@@ -61,15 +121,20 @@ def mirrored():
             results["keras_jit_compile"] = lm.jit_compile
             results["compile_config_jit"] = lm.get_compile_config()["jit_compile"]
             print("MARK end of the mirrored XLA run", file=sys.stderr, flush=True)
+    for jit in (True, False):
+        results[f"non_finite_jit_{jit}"] = non_finite(mirrored_strategy, jit)
+    results["out_of_vocabulary"] = out_of_vocabulary(mirrored_strategy)
     _, losses, lanes = train(distribute.get_strategy("one_device", devices=["/cpu:0"]), False)
     results["one_device"] = {"losses": losses, "lanes": lanes}
     out = {
-        "losses": {k: v["losses"] for k, v in results.items() if isinstance(v, dict)},
+        "losses": {k: v["losses"] for k, v in results.items() if isinstance(v, dict) and "losses" in v},
         "lane_difference": {
             k: max(float(np.abs(v["lanes"][n] - results["one_device"]["lanes"][n]).max())
                    for n in v["lanes"])
-            for k, v in results.items() if isinstance(v, dict)
+            for k, v in results.items() if isinstance(v, dict) and "lanes" in v
         },
+        "non_finite": {k: v for k, v in results.items() if k.startswith("non_finite")},
+        "out_of_vocabulary": results["out_of_vocabulary"],
         "replicas": mirrored_strategy.num_replicas_in_sync,
         **{k: v for k, v in results.items() if not isinstance(v, dict)},
     }

@@ -1,6 +1,7 @@
 """tf.distribute: strategies by name, lanes under 2 replicas, XLA per replica, multi-worker."""
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -73,6 +74,17 @@ def test_two_replicas_train_exactly_like_one_device_with_and_without_xla():
     # XLA really compiled each replica's forward and backward pass under MirroredStrategy.
     assert result["xla_must_compile"] is True
     assert result["keras_jit_compile"] is False and result["compile_config_jit"] is True
+    # A NaN loss under two replicas, with and without XLA: the step is not applied anywhere
+    # (weights, optimizer and lanes equal those after the clean first step) and fit stops.
+    for name, case in result["non_finite"].items():
+        assert case["error"] and "step 2 was not finite" in case["error"], (name, case)
+        assert case["steps"] == [1, 1] and case["finite"] and case["difference"] == 0.0, (name, case)
+    # An id outside the vocabulary in a dataset distributed by distribute_lanes(vocabulary_size=):
+    # fit stops with the ValueError an undistributed dataset gets, before any weight changes.
+    oov = result["out_of_vocabulary"]
+    assert oov["error"] and re.search(r"`token_ids` must lie in \[0, vocabulary_size=\d+\).*"
+                                      r"Received: token_ids=\d+", oov["error"]), oov
+    assert oov["difference"] == 0.0, oov
     compiled = stderr.find("Compiled cluster using XLA")
     assert 0 <= compiled < stderr.find("MARK end of the mirrored XLA run"), "XLA did not compile"
 

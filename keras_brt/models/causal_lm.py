@@ -490,10 +490,6 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
         """Keras's step, except that an update whose loss or new weights are not
         finite is not applied: every variable keeps its value (`fit` then stops
         with a `FloatingPointError`, see `NonFiniteUpdateStop`)."""
-        if getattr(self, "replica_jit_compile", False):
-            from keras_brt.models import replica_xla
-
-            return replicas.multi_worker_logs(replica_xla.train_step(self, *args))
         if keras.backend.backend() == "jax":
             state = args[0]
             logs, new_state = super().train_step(*args, **kwargs)
@@ -501,20 +497,25 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
             keep = _finite_update(logs, trainable)
             new_state = ops.cond(keep, lambda: new_state, lambda: state)
             return logs, new_state
-        if keras.backend.backend() == "tensorflow" and not replicas.multi_replica_strategy():
+        if keras.backend.backend() == "tensorflow":
             guarded = list(self.trainable_variables) + list(self.non_trainable_variables) + list(
                 self.optimizer.variables
             )
             before = [ops.copy(v.value) for v in guarded]
-            logs = super().train_step(*args, **kwargs)
-            keep = _finite_update(logs, self.trainable_variables)
-            # No control flow here: under a (one-replica) strategy, assignments inside a cond
-            # would be a cross-replica merge inside control flow, which TensorFlow refuses.
+            if getattr(self, "replica_jit_compile", False):
+                from keras_brt.models import replica_xla
+
+                logs = replica_xla.train_step(self, *args)
+            else:
+                logs = super().train_step(*args, **kwargs)
+            # Every replica restores or keeps alike: a NaN on one replica reaches the others'
+            # weights through the all-reduced gradients, but its loss alone would not.
+            keep = replicas.all_replicas_agree(_finite_update(logs, self.trainable_variables))
+            # No control flow here: under a strategy, assignments inside a cond would be a
+            # cross-replica merge inside control flow, which TensorFlow refuses.
             for variable, old in zip(guarded, before):
                 variable.assign(ops.where(keep, variable.value, old))
             return replicas.multi_worker_logs(logs)
-        if keras.backend.backend() == "tensorflow":
-            return replicas.multi_worker_logs(super().train_step(*args, **kwargs))
         return super().train_step(*args, **kwargs)
 
     def test_step(self, *args, **kwargs):

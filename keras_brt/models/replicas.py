@@ -44,6 +44,18 @@ def multi_replica_strategy():
     )
 
 
+def all_replicas_agree(flag):
+    """`flag` (a boolean scalar) and-ed over the replicas of a multi-replica step, so that
+    every replica takes the same branch; the flag itself elsewhere."""
+    context = replica_context()
+    if context is None:
+        return flag
+    import tensorflow as tf
+
+    disagreeing = context.all_reduce("SUM", 1.0 - tf.cast(flag, tf.float32))  # SUM and MEAN only
+    return disagreeing == 0
+
+
 def multi_worker_logs(logs):
     """Works around Keras 3.15 under MultiWorkerMirroredStrategy, which reduces the
     step's scalar logs with `strategy.reduce("MEAN", value, axis=0)` and fails on
