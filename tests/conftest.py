@@ -29,6 +29,14 @@ tensorflow_pass_only = pytest.mark.skipif(
 )
 
 
+# Likewise for heavy tests whose subject does not depend on the backend and that run
+# faster on JAX (training loops): CI runs them once, in the JAX pass.
+jax_pass_only = pytest.mark.skipif(
+    keras.backend.backend() != "jax",
+    reason="backend-independent; runs once, in the JAX pass",
+)
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_policy():
     keras.utils.set_random_seed(1234)

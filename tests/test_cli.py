@@ -14,7 +14,7 @@ import pytest
 from keras_brt import cli
 from keras_brt.data import SentencePieceTokenizer
 from keras_brt.training import load_tokenizer
-from tests.conftest import tensorflow_pass_only
+from tests.conftest import jax_pass_only, tensorflow_pass_only
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--batch-size", "2", "--segment-length", "64", "--eval-documents", "2", "--log-every", "2"]
@@ -161,8 +161,11 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_identical(corpus, tmp
 
     env = dict(os.environ, PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
     straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
-    subprocess.run(_train_command(corpus, straight), env=env, check=True, capture_output=True)
-    # Start the same command, kill it once the step-4 checkpoint is on disk.
+    # The same command twice, at once: one runs to the end, the other is killed once its
+    # step-4 checkpoint is on disk.
+    log = open(tmp_path / "straight.log", "w")
+    uninterrupted = subprocess.Popen(_train_command(corpus, straight), env=env,
+                                     stdout=log, stderr=subprocess.STDOUT)
     process = subprocess.Popen(_train_command(corpus, killed), env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     marker = os.path.join(killed, "checkpoint.json")
@@ -174,6 +177,8 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_identical(corpus, tmp
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not os.path.exists(os.path.join(killed, "model.keras")), "the run finished before the kill"
+    assert uninterrupted.wait(timeout=300) == 0, (tmp_path / "straight.log").read_text()[-3000:]
+    log.close()
     result = subprocess.run(_train_command(corpus, killed, resume=True), env=env, check=True,
                             capture_output=True, text=True)
     assert "Resuming tiny_rec_fixed_skip" in result.stdout
@@ -302,6 +307,7 @@ def test_train_refuses_resume_without_a_run_and_an_output_that_is_a_file(tmp_pat
 
 
 @pytest.mark.slow
+@jax_pass_only  # data handling and the CLI do not depend on the Keras backend here
 def test_a_small_folder_in_another_encoding_trains_and_is_evaluated_on_its_own_bytes(tmp_path, capsys):
     """Three files (one Latin-1, one not text): the tails of the files are held out, the
     undecodable and skipped files are reported, and bits per byte count the files' bytes."""

@@ -130,20 +130,28 @@ def test_samplers_choose_from_the_right_tokens():
     assert cold[0] > 0.85
 
 
-def test_keras_hub_style_samplers_are_accepted(lm):
-    class HubGreedy:  # keras_hub.samplers.Sampler's interface, without keras-hub
+def test_keras_hub_style_samplers_are_accepted():
+    class HubLeastLikely:  # keras_hub.samplers.Sampler's interface, without keras-hub
         def compute_probabilities(self, logits):
             return ops.softmax(logits, axis=-1)
 
         def get_next_token(self, probabilities):
-            return ops.argmax(probabilities, axis=-1)
+            return ops.argmin(probabilities, axis=-1)  # never greedy's choice
 
         def get_config(self):
             return {}
 
+    keras.utils.set_random_seed(11)
+    lm = make_lm()
     prompts = [token_ids(1, 5, seed=3)[0], token_ids(1, 2, seed=4)[0]]
-    np.testing.assert_array_equal(lm.generate(prompts, MAX, sampler=HubGreedy())["token_ids"],
-                                  lm.generate(prompts, MAX)["token_ids"])
+    output = lm.generate(prompts, 3 * W, sampler=HubLeastLikely(), stop_token_ids=())
+    ids, mask = output["token_ids"], output["padding_mask"]
+    logits = np.asarray(lm.call_with_state(ids)[0])
+    for row, prompt in enumerate(prompts):
+        n, end = len(prompt), int(mask[row].sum())
+        assert end > n + 3
+        np.testing.assert_array_equal(ids[row, n:end], logits[row, n - 1:end - 1].argmin(-1))
+        assert not np.any(ids[row, n:end] == logits[row, n - 1:end - 1].argmax(-1))
 
 
 def test_generate_compiles_once_and_compile_resets_it():
