@@ -7,6 +7,7 @@ import numpy as np
 from keras import ops
 from keras.src.backend.common.symbolic_scope import in_symbolic_scope
 
+from keras_brt.models import lanes as lane_rows
 from keras_brt.models import replicas
 from keras_brt.models.backbone import BlockRecurrentTransformerBackbone, concrete_value
 from keras_brt.models.compiling import compile_function
@@ -14,30 +15,6 @@ from keras_brt.models.generation import generate_step, prepare_prompts
 from keras_brt.models.input_checks import checked_inputs, reraising_out_of_vocabulary
 from keras_brt.models.losses import TokenCrossEntropy
 from keras_brt.models.samplers import get_sampler
-
-
-def _unpack_inputs(inputs):
-    if isinstance(inputs, dict):
-        if "token_ids" not in inputs:
-            raise ValueError(
-                "A dict input must hold `token_ids` (and optionally `start_of_sequence`, "
-                f"`padding_mask`). Received keys: {sorted(inputs)}"
-            )
-        unknown = set(inputs) - {"token_ids", "start_of_sequence", "padding_mask"}
-        if unknown:
-            raise ValueError(
-                "Unknown input keys; expected `token_ids`, `start_of_sequence`, "
-                f"`padding_mask`. Received: {sorted(unknown)}"
-            )
-        return inputs["token_ids"], inputs.get("start_of_sequence"), inputs.get("padding_mask")
-    return inputs, None, None
-
-
-def _with_rows(tensor, rows):
-    """Gives `tensor` the static batch size `rows` (multi-worker datasets lose it)."""
-    if tensor is None or tensor.shape[0] is not None:
-        return tensor
-    return ops.reshape(tensor, (rows,) + tuple(-1 if d is None else d for d in tensor.shape[1:]))
 
 
 def _lane_count(x, batch_size):
@@ -178,35 +155,13 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
                     self._create_lanes(count)
 
     def _create_lanes(self, batch_size):
-        # Lanes start flagged for reset, so their first batch reads the learned
-        # initial state (which may change during training) instead of zeros.
         # They may be created after build() (once a first batch shows the batch
         # size), so unlock the variable tracker as Keras's own quantize() does.
         locked = self._tracker.locked
         self._tracker.unlock()
-        self._lanes = {}
         with replicas.strategy_scope(self):
-            for mode in ("train", "eval"):
-                lanes = {
-                    name: self.add_weight(
-                        shape=shape,
-                        initializer="zeros",
-                        trainable=False,
-                        autocast=False,
-                        aggregation="only_first_replica",
-                        name=f"{mode}_lanes_{name}",
-                    )
-                    for name, shape in self.backbone.state_shapes(batch_size).items()
-                }
-                lanes["reset"] = self.add_weight(
-                    shape=(batch_size,),
-                    initializer="ones",
-                    dtype="int32",
-                    trainable=False,
-                    aggregation="only_first_replica",
-                    name=f"{mode}_lanes_reset",
-                )
-                self._lanes[mode] = lanes
+            self._lanes = {mode: lane_rows.create(self, self.backbone.state_shapes(batch_size), mode)
+                           for mode in lane_rows.MODES}
         self.lane_batch_size = batch_size
         if locked:
             self._tracker.lock()
@@ -386,7 +341,7 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
         return ops.cast(logits, "float32") / math.sqrt(self.backbone.hidden_dim)
 
     def call(self, inputs, training=False):
-        token_ids, start_of_sequence, padding_mask = _unpack_inputs(inputs)
+        token_ids, start_of_sequence, padding_mask = lane_rows.unpack_inputs(inputs)
         if in_symbolic_scope():
             # Keras traces the model only to learn output shapes (e.g. to build
             # metrics, where a replica's batch meets the global lanes): no lanes.
@@ -402,39 +357,23 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
             )
         # Under a multi-replica strategy this replica carries its own rows of the lanes.
         context = replicas.replica_context()
-        count = replicas.num_replicas(context)
-        if self.lane_batch_size % count:
-            raise ValueError(
-                f"The global batch of {self.lane_batch_size} lanes must divide evenly over the "
-                f"{count} replicas. Received: batch size {self.lane_batch_size} with {count} replicas"
-            )
-        rows = self.lane_batch_size // count
+        rows = lane_rows.rows_per_replica(self.lane_batch_size, context)
         token_ids, start_of_sequence, padding_mask = (
-            _with_rows(t, rows) for t in (token_ids, start_of_sequence, padding_mask)
+            lane_rows.with_rows(t, rows) for t in (token_ids, start_of_sequence, padding_mask)
         )
         if batch is not None and batch != rows:
             raise ValueError(
                 f"The model carries {self.lane_batch_size} lanes (batch rows) from batch to "
                 f"batch; every batch must have that many rows (use drop_remainder=True). "
-                f"Received: token_ids.shape={tuple(token_ids.shape)} on each of {count} replica(s). "
+                f"Received: token_ids.shape={tuple(token_ids.shape)} on each of "
+                f"{replicas.num_replicas(context)} replica(s). "
                 "For another batch size use call_with_state() or a new model."
             )
-        mode = "train" if training else "eval"
-        lanes = {
-            name: replicas.local_rows(ops.convert_to_tensor(v), context, rows)
-            for name, v in self._lanes[mode].items()
-        }
-        reset = lanes.pop("reset") > 0  # (b,)
-        if start_of_sequence is not None:
-            reset = ops.logical_or(reset, ops.cast(start_of_sequence, "bool"))
-        state = {name: ops.stop_gradient(value) for name, value in lanes.items()}
-        logits, new_state = self.call_with_state(
-            token_ids, state, reset, padding_mask, training=training
-        )
-        new_state["reset"] = ops.zeros_like(reset, "int32")
-        for name, variable in self._lanes[mode].items():
-            value = replicas.global_rows(ops.stop_gradient(new_state[name]), context)
-            variable.assign(ops.cast(value, variable.dtype))
+        variables = self._lanes["train" if training else "eval"]
+        state, reset = lane_rows.read(variables, context, rows, start_of_sequence)
+        logits, new_state = self.call_with_state(token_ids, state, reset, padding_mask,
+                                                 training=training)
+        lane_rows.write(variables, new_state, context, rows)
         return logits
 
     def compute_output_spec(self, inputs, training=False):

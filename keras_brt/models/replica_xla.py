@@ -24,7 +24,7 @@ import keras
 import tensorflow as tf
 from keras.src.trainers.data_adapters import data_adapter_utils
 
-from keras_brt.models import replicas
+from keras_brt.models import lanes, replicas
 from keras_brt.models.losses import TokenCrossEntropy
 
 
@@ -43,33 +43,31 @@ def _make_step_function(model):
     trainable_index = [i for i, v in enumerate(variables) if id(v) in trainable_ids]
     loss_object = _loss_object(model)
 
-    def step(values, token_ids, reset, padding_mask, lanes, y, sample_weight):
+    def step(values, token_ids, reset, padding_mask, state, y, sample_weight):
         watched = [values[i] for i in trainable_index]
         with tf.GradientTape() as tape:
             tape.watch(watched)
             with keras.StatelessScope(state_mapping=list(zip(variables, values))) as scope:
-                logits, new_lanes = model.call_with_state(
-                    token_ids, lanes, reset, padding_mask, training=True
+                logits, new_state = model.call_with_state(
+                    token_ids, state, reset, padding_mask, training=True
                 )
                 loss = loss_object(y, logits, sample_weight)  # scaled by 1 / replicas
             new_values = [scope.get_current_value(v) for v in variables]
         gradients = tape.gradient(loss, watched)
         new_values = [v if n is None else n for v, n in zip(values, new_values)]
-        return loss, logits, gradients, new_lanes, new_values
+        return loss, logits, gradients, new_state, new_values
 
     return tf.function(step, jit_compile=True, reduce_retracing=True), variables, trainable_index
 
 
 def train_step(model, data):
     """One training step: forward and backward XLA-compiled per replica."""
-    from keras_brt.models.causal_lm import _unpack_inputs, _with_rows
-
     x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
-    token_ids, start_of_sequence, padding_mask = _unpack_inputs(x)
+    token_ids, start_of_sequence, padding_mask = lanes.unpack_inputs(x)
     context = replicas.replica_context()
-    rows = model.lane_batch_size // replicas.num_replicas(context)
+    rows = lanes.rows_per_replica(model.lane_batch_size, context)
     token_ids, start_of_sequence, padding_mask, y, sample_weight = (
-        _with_rows(t, rows) for t in (token_ids, start_of_sequence, padding_mask, y, sample_weight)
+        lanes.with_rows(t, rows) for t in (token_ids, start_of_sequence, padding_mask, y, sample_weight)
     )
     if model.__dict__.get("_replica_step") is None:
         # Stored past Keras's attribute tracking: these are references, not new state.
@@ -78,16 +76,10 @@ def train_step(model, data):
     function, variables, trainable_index = model.__dict__["_replica_step"]
 
     lane_variables = model._lanes["train"]
-    lanes = {
-        name: replicas.local_rows(tf.convert_to_tensor(v.value), context, rows)
-        for name, v in lane_variables.items()
-    }
-    reset = lanes.pop("reset") > 0
-    if start_of_sequence is not None:
-        reset = tf.logical_or(reset, tf.cast(start_of_sequence, tf.bool))
+    state, reset = lanes.read(lane_variables, context, rows, start_of_sequence)
     values = [tf.convert_to_tensor(v.value) for v in variables]
-    loss, logits, gradients, new_lanes, new_values = function(
-        values, token_ids, reset, padding_mask, lanes, y, sample_weight
+    loss, logits, gradients, new_state, new_values = function(
+        values, token_ids, reset, padding_mask, state, y, sample_weight
     )
 
     model._loss_tracker.update_state(
@@ -98,8 +90,5 @@ def train_step(model, data):
     for i, variable in enumerate(variables):
         if i not in trainable_index and not variable.trainable:
             variable.assign(new_values[i])
-    new_lanes["reset"] = tf.zeros_like(reset, tf.int32)
-    for name, variable in lane_variables.items():
-        value = replicas.global_rows(tf.stop_gradient(new_lanes[name]), context)
-        variable.assign(tf.cast(value, variable.dtype))
+    lanes.write(lane_variables, new_state, context, rows)
     return model.compute_metrics(x, y, logits, sample_weight=sample_weight)
