@@ -19,8 +19,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_brt.layers.attention import block_windows, l2_normalize
-from keras_brt.layers.common import split_heads
+from keras_brt.layers.attention import block_windows
 from keras_brt.models.losses import token_cross_entropy
 
 STATE_PATH = ("state_", "initial_state", "token_cross_scale")
@@ -67,26 +66,26 @@ def attention_entropy(lm, token_ids):
             x, state[f"layer_{i}_keys"], state[f"layer_{i}_values"])
     h, k, w = cell.num_heads, cell.head_dim, cell.block_size
     batch, num_blocks = token_ids.shape[0], token_ids.shape[1] // w
-    _, keys, values, q_cross = split_heads(cell.token_qkv_dense(cell.token_norm(x)), 4, h, k)
+    tokens = cell.token_projections(x)  # 4 × (B, T, H, K)
     by_block = lambda t: ops.reshape(t, (batch, num_blocks, w, h, k))  # (B, N, W, H, K)
-    q_cross = by_block(l2_normalize(q_cross))
-    window_keys = block_windows(state[f"layer_{index}_keys"], by_block(l2_normalize(keys)))
-    window_values = block_windows(state[f"layer_{index}_values"], by_block(values))  # (B, N, 2W, H, K)
+    q_cross = by_block(tokens.cross_queries)
+    window_keys = block_windows(state[f"layer_{index}_keys"], by_block(tokens.keys))
+    window_values = block_windows(state[f"layer_{index}_values"], by_block(tokens.values))  # (B, N, 2W, H, K)
     scale = lambda s: np.abs(np.asarray(s, "float32"))[None, :, None, None]
     logit = lambda q, kk, s: np.einsum("bqhk,bshk->bhqs", np.asarray(q, "float32"),
                                        np.asarray(kk, "float32")) * scale(s)
     vectors = state[f"layer_{index}_state"]
     write, self_read, token_read, current = [], [], [], []
     for n in range(num_blocks):
-        s_q_self, s_keys, s_values, s_q_cross = cell._state_projections(vectors)
-        token_read.append(_entropy(logit(q_cross[:, n], s_keys, cell.token_cross_scale)))
-        self_read.append(_entropy(logit(s_q_self, s_keys, cell.state_self_scale)))
-        write_logits = logit(s_q_cross, window_keys[:, n], cell.state_cross_scale)
+        states_read = cell.state_projections(vectors)
+        token_read.append(_entropy(logit(q_cross[:, n], states_read.keys, cell.token_cross_scale)))
+        self_read.append(_entropy(logit(states_read.self_queries, states_read.keys,
+                                        cell.state_self_scale)))
+        write_logits = logit(states_read.cross_queries, window_keys[:, n], cell.state_cross_scale)
         write.append(_entropy(write_logits))
         p = np.exp(write_logits - write_logits.max(-1, keepdims=True))
         current.append(float((p[..., w:].sum(-1) / p.sum(-1)).mean()))
-        vectors = cell._advance(vectors, s_q_self, s_keys, s_values, s_q_cross,
-                                window_keys[:, n], window_values[:, n])
+        vectors = cell.advance(vectors, states_read, window_keys[:, n], window_values[:, n])
     return {"write_entropy": float(np.mean(write)), "state_self_entropy": float(np.mean(self_read)),
             "read_entropy": float(np.mean(token_read)), "write_mass_on_current_block": float(np.mean(current))}
 

@@ -34,6 +34,7 @@ Size glossary: B batch, W block size, S state vectors, D hidden size, H heads,
 K head size, I MLP width.
 """
 
+import collections
 import math
 
 import keras
@@ -78,6 +79,16 @@ def check_scale_init(arg, value):
         raise ValueError(
             f'`{arg}` must be "auto", None or a positive float. Received: {arg}={value!r}'
         )
+
+
+# Named results of the cell's steps (each field `(B, L, H, K)`; L = W tokens or S states).
+TokenProjections = collections.namedtuple(
+    "TokenProjections", ["self_queries", "keys", "values", "cross_queries"])
+StateProjections = collections.namedtuple(
+    "StateProjections", ["self_queries", "keys", "values", "cross_queries"])
+# The token path's dropout masks: on the normed inputs and the MLP's output `(B, W, D)`, and
+# on the window's attention weights `(H, W, 2W)`. One set is drawn per RNN call.
+DropoutMasks = collections.namedtuple("DropoutMasks", ["inputs", "feed_forward", "attention"])
 
 
 @keras.saving.register_keras_serializable(package="keras_brt")
@@ -200,7 +211,7 @@ class BlockRecurrentCell(DropoutRNNCell, keras.layers.Layer):
         self.seed_generator = keras.random.SeedGenerator(seed) if dropout > 0 else None
         self.state_size = -1  # Custom shapes: see get_initial_state().
         self.output_size = hidden_dim
-        self._window_mask = window_mask(block_size)
+        self.window_mask = window_mask(block_size)  # (W, 2W) numpy booleans
 
     # === Weights ===
 
@@ -305,98 +316,127 @@ class BlockRecurrentCell(DropoutRNNCell, keras.layers.Layer):
     def get_dropout_mask(self, step_input):
         """Draws (once per RNN call) the masks of the token path, reused by every block."""
         if getattr(self, "_dropout_mask", None) is None and self.dropout > 0:
-            self._dropout_mask = self._draw_dropout_masks(step_input)
+            self._dropout_mask = self.draw_dropout_masks(step_input)
         return getattr(self, "_dropout_mask", None)
 
-    def _draw_dropout_masks(self, step_input):
+    def draw_dropout_masks(self, step_input):
+        """A `DropoutMasks` for blocks shaped like `step_input` `(B, W, D)`."""
         w = self.block_size
         ones = ops.ones_like(step_input)
         attention_ones = ops.ones((self.num_heads, w, 2 * w), "float32")
-        return (
-            keras.random.dropout(ones, self.dropout, seed=self.seed_generator),  # input
-            keras.random.dropout(ones, self.dropout, seed=self.seed_generator),  # MLP out
+        return DropoutMasks(
+            keras.random.dropout(ones, self.dropout, seed=self.seed_generator),
+            keras.random.dropout(ones, self.dropout, seed=self.seed_generator),
             keras.random.dropout(attention_ones, self.dropout, seed=self.seed_generator),
         )
 
-    # === One block ===
+    # === One block: the cell's steps, composed ===
 
     def call(self, inputs, states, training=False):
         state, prev_keys, prev_values = states[:3]
-        h, k = self.num_heads, self.head_dim
         masks = None
         if training and self.dropout > 0:
             # Masks drawn by the RNN before its loop, or here for a direct call.
-            masks = getattr(self, "_dropout_mask", None) or self._draw_dropout_masks(inputs)
-
-        # Token projections: keys/values shared by token self-attention and by
-        # the states reading the tokens; queries for self- and cross-attention.
-        x = self.token_norm(inputs)  # (B, W, D)
-        if masks is not None:
-            x = x * masks[0]
-        q_self, keys, values, q_cross = split_heads(
-            self.token_qkv_dense(x), 4, h, k
-        )  # 4 × (B, W, H, K)
-        q_self, keys, q_cross = l2_normalize(q_self), l2_normalize(keys), l2_normalize(q_cross)
-        window_keys = join_window(prev_keys, keys)  # (B, 2W, H, K)
-        window_values = join_window(prev_values, values)  # (B, 2W, H, K)
-
-        s_q_self, s_keys, s_values, s_q_cross = self._state_projections(state)  # 4 × (B, S, H, K)
-
-        # Vertical direction: tokens read the window (causal, T5 bias) and the
-        # old state (no mask, no bias), in parallel; concat, project, residual.
-        outputs = self._token_outputs(
-            inputs, q_self, q_cross, window_keys, window_values, s_keys, s_values,
-            self.window_bias(), ops.convert_to_tensor(self._window_mask), masks, training,
+            masks = getattr(self, "_dropout_mask", None) or self.draw_dropout_masks(inputs)
+        tokens = self.token_projections(inputs, None if masks is None else masks.inputs)
+        window_keys = join_window(prev_keys, tokens.keys)  # (B, 2W, H, K)
+        window_values = join_window(prev_values, tokens.values)  # (B, 2W, H, K)
+        states_read = self.state_projections(state)
+        # Vertical direction: tokens read the window and the old state, in parallel.
+        outputs = self.token_outputs(
+            inputs, tokens, window_keys, window_values, states_read, self.window_bias(),
+            ops.convert_to_tensor(self.window_mask), masks, training,
         )  # (B, W, D)
-        new_state = self._advance(
-            state, s_q_self, s_keys, s_values, s_q_cross, window_keys, window_values
-        )  # (B, S, D)
-        return outputs, [new_state, keys, values]
+        # Horizontal direction: the states read themselves and the window; then the gate.
+        new_state = self.advance(state, states_read, window_keys, window_values)  # (B, S, D)
+        return outputs, [new_state, tokens.keys, tokens.values]
+
+    def token_projections(self, inputs, dropout_mask=None):
+        """Norm (then the input dropout mask, if any), then the token keys/values shared by
+        token self-attention and by the states reading the tokens, and the queries of self-
+        and cross-attention; queries and keys L2-normalised.
+
+        Args:
+            inputs: `(B, ..., D)`, e.g. one block `(B, W, D)` or all blocks `(B, N, W, D)`.
+            dropout_mask: optional mask broadcastable to `inputs`.
+
+        Returns:
+            A `TokenProjections` of `(B, ..., H, K)` tensors.
+        """
+        x = self.token_norm(inputs)  # (B, ..., D)
+        if dropout_mask is not None:
+            x = x * dropout_mask
+        q_self, keys, values, q_cross = split_heads(
+            self.token_qkv_dense(x), 4, self.num_heads, self.head_dim
+        )  # 4 × (B, ..., H, K)
+        return TokenProjections(l2_normalize(q_self), l2_normalize(keys), values,
+                                l2_normalize(q_cross))
+
+    def state_projections(self, state):
+        """Norm, then state IDs (shared weights give each state its own query), then the
+        state keys/values shared by both directions and the queries of the state's self-
+        and cross-attention: a `StateProjections` of `(B, S, H, K)` tensors."""
+        s = self.state_norm(state) + ops.cast(self.state_ids, state.dtype)  # (B, S, D)
+        q_self, keys, values, q_cross = split_heads(
+            self.state_qkv_dense(s), 4, self.num_heads, self.head_dim
+        )  # 4 × (B, S, H, K)
+        return StateProjections(l2_normalize(q_self), l2_normalize(keys), values,
+                                l2_normalize(q_cross))
 
     def window_bias(self):
         """The `(H, W, 2W)` relative position bias of one block's window."""
         w = self.block_size
         return self.relative_position.contiguous(w, w, 0, 2 * w)
 
-    def _state_projections(self, state):
-        """Norm, then state IDs (shared weights give each state its own query),
-        keys/values shared by both directions: 4 × `(B, S, H, K)`."""
-        h, k = self.num_heads, self.head_dim
-        s = self.state_norm(state) + ops.cast(self.state_ids, state.dtype)  # (B, S, D)
-        s_q_self, s_keys, s_values, s_q_cross = split_heads(
-            self.state_qkv_dense(s), 4, h, k
-        )  # 4 × (B, S, H, K)
-        return l2_normalize(s_q_self), l2_normalize(s_keys), s_values, l2_normalize(s_q_cross)
+    def token_outputs(self, inputs, tokens, window_keys, window_values, states_read, bias, mask,
+                      masks=None, training=False):
+        """The token path for Q queries: tokens read the window (causal, T5 bias) and the
+        state (no mask, no bias) in parallel; concat, project, residual, then the MLP.
 
-    def _token_outputs(self, inputs, q_self, q_cross, window_keys, window_values, s_keys,
-                       s_values, bias, mask, masks=None, training=False):
-        """The token path for Q queries: `(B, Q, D)` inputs → `(B, Q, D)` outputs."""
+        Args:
+            inputs: `(B, Q, D)` the token inputs (the residual stream).
+            tokens: their `TokenProjections` (the queries are read).
+            window_keys, window_values: `(B, 2W, H, K)` the previous and current block's.
+            states_read: the `StateProjections` of the state this block reads.
+            bias: `(H, Q, 2W)` position bias; mask: `(Q, 2W)` booleans, True where read.
+            masks: optional `DropoutMasks` (attention and MLP masks are used).
+
+        Returns:
+            `(B, Q, D)`.
+        """
         batch, length = ops.shape(inputs)[0], ops.shape(inputs)[1]
         token_self = attend(
-            q_self,
-            window_keys,
-            window_values,
-            self.token_self_scale,
-            bias=bias,
-            mask=mask,
-            dropout_mask=None if masks is None else masks[2],
+            tokens.self_queries, window_keys, window_values, self.token_self_scale,
+            bias=bias, mask=mask, dropout_mask=None if masks is None else masks.attention,
         )  # (B, Q, H, K)
-        token_cross = attend(q_cross, s_keys, s_values, self.token_cross_scale)  # (B, Q, H, K)
+        token_cross = attend(
+            tokens.cross_queries, states_read.keys, states_read.values, self.token_cross_scale
+        )  # (B, Q, H, K)
         hk = self.num_heads * self.head_dim
         token_heads = ops.reshape(
             ops.concatenate([token_self, token_cross], axis=2), (batch, length, 2 * hk)
         )  # (B, Q, 2HK)
         outputs = inputs + self.token_output_dense(token_heads)  # (B, Q, D)
         return outputs + self.feed_forward(
-            outputs, training=training, dropout_mask=None if masks is None else masks[1]
+            outputs, training=training, dropout_mask=None if masks is None else masks.feed_forward
         )  # (B, Q, D)
 
-    def _advance(self, state, s_q_self, s_keys, s_values, s_q_cross, window_keys, window_values):
-        """Horizontal direction: states read themselves and all 2W tokens (no
-        mask, no bias), in parallel; concat; the gated update replaces the residual."""
-        state_self = attend(s_q_self, s_keys, s_values, self.state_self_scale)  # (B, S, H, K)
+    def advance(self, state, states_read, window_keys, window_values):
+        """The state after one block: the states read themselves and all 2W tokens (no mask,
+        no bias) in parallel; concat; the state MLP and gate replace the residual.
+
+        Args:
+            state: `(B, S, D)`; states_read: its `StateProjections`.
+            window_keys, window_values: `(B, 2W, H, K)` the previous and current block's.
+
+        Returns:
+            The new state `(B, S, D)`.
+        """
+        state_self = attend(
+            states_read.self_queries, states_read.keys, states_read.values, self.state_self_scale
+        )  # (B, S, H, K)
         state_cross = attend(
-            s_q_cross, window_keys, window_values, self.state_cross_scale
+            states_read.cross_queries, window_keys, window_values, self.state_cross_scale
         )  # (B, S, H, K)
         state_heads = ops.reshape(
             ops.concatenate([state_self, state_cross], axis=2),
@@ -408,8 +448,8 @@ class BlockRecurrentCell(DropoutRNNCell, keras.layers.Layer):
 
     def state_keys_values(self, state):
         """The state's keys and values `(B, S, H, K)` that tokens read during a block."""
-        _, s_keys, s_values, _ = self._state_projections(state)
-        return s_keys, s_values
+        states_read = self.state_projections(state)
+        return states_read.keys, states_read.values
 
     def decode(self, inputs, index, state, s_keys, s_values, prev_keys, prev_values, keys, values):
         """Runs one token per row at position `index` of the current block.
@@ -427,25 +467,23 @@ class BlockRecurrentCell(DropoutRNNCell, keras.layers.Layer):
             `(outputs (B, 1, D), keys, values)` with this token's key and value
             written at `index`. Equal to the block call's output at that position.
         """
-        h, k, w = self.num_heads, self.head_dim, self.block_size
-        x = self.token_norm(inputs)  # (B, 1, D)
-        q_self, key, value, q_cross = split_heads(self.token_qkv_dense(x), 4, h, k)  # 4 × (B, 1, H, K)
-        q_self, key, q_cross = l2_normalize(q_self), l2_normalize(key), l2_normalize(q_cross)
+        w = self.block_size
+        token = self.token_projections(inputs)  # 4 × (B, 1, H, K)
         keys, values, window_keys, window_values, mask = extend_window(
-            prev_keys, prev_values, keys, values, key, value, index
+            prev_keys, prev_values, keys, values, token.keys, token.values, index
         )  # 2 × (B, W, H, K), 2 × (B, 2W, H, K), (1, 2W)
         bias = self.relative_position(ops.reshape(index + w, (1,)), ops.arange(0, 2 * w))  # (H, 1, 2W)
-        outputs = self._token_outputs(
-            inputs, q_self, q_cross, window_keys, window_values, s_keys, s_values, bias, mask
+        states_read = StateProjections(None, s_keys, s_values, None)
+        outputs = self.token_outputs(
+            inputs, token, window_keys, window_values, states_read, bias, mask
         )  # (B, 1, D)
         return outputs, keys, values
 
     def advance_state(self, state, prev_keys, prev_values, keys, values):
         """The state after a whole block whose keys/values are `keys`, `values`."""
-        s_q_self, s_keys, s_values, s_q_cross = self._state_projections(state)
         window_keys = join_window(prev_keys, keys)  # (B, 2W, H, K)
         window_values = join_window(prev_values, values)  # (B, 2W, H, K)
-        return self._advance(state, s_q_self, s_keys, s_values, s_q_cross, window_keys, window_values)
+        return self.advance(state, self.state_projections(state), window_keys, window_values)
 
     def _update_state(self, state, state_heads):
         if self.state_mlp == "single":

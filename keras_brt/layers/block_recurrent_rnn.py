@@ -4,9 +4,8 @@ import keras
 from keras import ops
 from keras.src import backend
 
-from keras_brt.layers.attention import block_windows, l2_normalize
-from keras_brt.layers.block_recurrent_cell import BlockRecurrentCell
-from keras_brt.layers.common import split_heads
+from keras_brt.layers.attention import block_windows
+from keras_brt.layers.block_recurrent_cell import BlockRecurrentCell, StateProjections
 
 
 @keras.saving.register_keras_serializable(package="keras_brt")
@@ -166,27 +165,23 @@ class BlockRecurrentRNN(keras.layers.RNN):
         blocks = ops.reshape(sequences, (batch, num_blocks, w, dim))  # (B, N, W, D)
         masks = None
         if training and cell.dropout > 0:  # One set of token-path masks, shared by every block.
-            masks = cell._draw_dropout_masks(blocks[:, 0])
+            masks = cell.draw_dropout_masks(blocks[:, 0])
 
-        x = cell.token_norm(sequences)  # (B, T, D)
-        if masks is not None:
-            x = ops.reshape(ops.reshape(x, ops.shape(blocks)) * masks[0][:, None], ops.shape(x))
-        q_self, keys, values, q_cross = split_heads(cell.token_qkv_dense(x), 4, h, k)  # 4 × (B, T, H, K)
-        q_self, keys, q_cross = l2_normalize(q_self), l2_normalize(keys), l2_normalize(q_cross)
-        by_block = lambda t: ops.reshape(t, (batch, num_blocks, w, h, k))  # (B, N, W, H, K)
-        keys, values = by_block(keys), by_block(values)
+        tokens = cell.token_projections(
+            blocks, None if masks is None else masks.inputs[:, None]
+        )  # 4 × (B, N, W, H, K)
+        keys, values = tokens.keys, tokens.values
         window_keys = block_windows(prev_keys, keys)  # (B, N, 2W, H, K)
         window_values = block_windows(prev_values, values)  # (B, N, 2W, H, K)
 
         def step(block, states):
             (state,) = states  # (B, S, D)
             window_keys_n, window_values_n = block[:, :2 * w], block[:, 2 * w:]  # 2 × (B, 2W, H, K)
-            s_q_self, s_keys, s_values, s_q_cross = cell._state_projections(state)  # 4 × (B, S, H, K)
-            new_state = cell._advance(
-                state, s_q_self, s_keys, s_values, s_q_cross, window_keys_n, window_values_n
-            )  # (B, S, D)
+            states_read = cell.state_projections(state)  # 4 × (B, S, H, K)
+            new_state = cell.advance(state, states_read, window_keys_n, window_values_n)  # (B, S, D)
             # The keys/values this block's tokens read; their attention runs after the loop.
-            return ops.concatenate([s_keys, s_values], axis=1), [ops.cast(new_state, state.dtype)]
+            return (ops.concatenate([states_read.keys, states_read.values], axis=1),
+                    [ops.cast(new_state, state.dtype)])
 
         # The loop keras.layers.RNN runs (lax.scan on JAX; an XLA-ready while loop on TF).
         # One tensor per block (the RNN loop wants a single input with a known rank).
@@ -204,18 +199,18 @@ class BlockRecurrentRNN(keras.layers.RNN):
         state_kv = ops.reshape(state_kv, (-1, 2 * s, h, k))  # (B*N, 2S, H, K)
         flat = lambda t, length: ops.reshape(t, (-1, length, h, k))  # (B*N, length, H, K)
         if masks is not None:  # The block's MLP mask, tiled over blocks.
-            masks = (masks[0], ops.reshape(ops.broadcast_to(masks[1][:, None], ops.shape(blocks)),
-                                           (-1, w, dim)), masks[2])
-        outputs = cell._token_outputs(
+            masks = masks._replace(feed_forward=ops.reshape(
+                ops.broadcast_to(masks.feed_forward[:, None], ops.shape(blocks)), (-1, w, dim)))
+        outputs = cell.token_outputs(
             ops.reshape(sequences, (-1, w, dim)),  # (B*N, W, D)
-            flat(q_self, w),
-            flat(q_cross, w),
+            tokens._replace(self_queries=flat(tokens.self_queries, w),
+                            cross_queries=flat(tokens.cross_queries, w)),
             flat(window_keys, 2 * w),
             flat(window_values, 2 * w),
-            state_kv[:, :s],  # (B*N, S, H, K): block n reads the state before its update
-            state_kv[:, s:],
+            # Block n reads the state before its update: (B*N, S, H, K) keys and values.
+            StateProjections(None, state_kv[:, :s], state_kv[:, s:], None),
             cell.window_bias(),
-            ops.convert_to_tensor(cell._window_mask),
+            ops.convert_to_tensor(cell.window_mask),
             masks,
             training,
         )  # (B*N, W, D)

@@ -73,10 +73,11 @@ def resolve_head_dim(hidden_dim, num_heads, head_dim):
 
 
 def split_heads(x, groups, num_heads, head_dim):
-    """Splits a fused projection `(B, T, G*H*K)` into G tensors `(B, T, H, K)`."""
-    batch, length = ops.shape(x)[0], ops.shape(x)[1]
-    x = ops.reshape(x, (batch, length, groups, num_heads, head_dim))
-    return [x[:, :, g] for g in range(groups)]
+    """Splits a fused projection `(B, ..., G*H*K)` into G tensors `(B, ..., H, K)`."""
+    shape = ops.shape(x)
+    leading = tuple(shape[i] for i in range(len(x.shape) - 1))
+    x = ops.reshape(x, leading + (groups, num_heads, head_dim))
+    return [x[..., g, :, :] for g in range(groups)]
 
 
 @keras.saving.register_keras_serializable(package="keras_brt")
