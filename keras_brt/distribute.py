@@ -119,13 +119,10 @@ def strategy_scope(strategy):
 
 def per_replica_batch_size(global_batch_size, strategy):
     """The lanes each replica carries; the global batch must divide evenly."""
-    replicas = 1 if strategy is None else strategy.num_replicas_in_sync
-    if global_batch_size < 1 or global_batch_size % replicas:
-        raise ValueError(
-            f"The global batch size must be a positive multiple of the {replicas} replicas. "
-            f"Received: global_batch_size={global_batch_size}"
-        )
-    return global_batch_size // replicas
+    from keras_brt.models.lanes import rows_per_replica
+
+    return rows_per_replica(global_batch_size,
+                            count=1 if strategy is None else strategy.num_replicas_in_sync)
 
 
 def distribute_lanes(strategy, make_dataset, global_batch_size, vocabulary_size=None):

@@ -71,13 +71,14 @@ def with_rows(tensor, rows):
     return ops.reshape(tensor, (rows,) + tuple(-1 if d is None else d for d in tensor.shape[1:]))
 
 
-def rows_per_replica(lane_batch_size, context):
-    """The lanes one replica carries; the global batch must divide evenly."""
-    count = replicas.num_replicas(context)
-    if lane_batch_size % count:
+def rows_per_replica(lane_batch_size, context=None, count=None):
+    """The lanes one replica carries (of `count` replicas, or those of the replica
+    `context`); the global batch must be a positive multiple of the replicas."""
+    count = replicas.num_replicas(context) if count is None else count
+    if lane_batch_size < 1 or lane_batch_size % count:
         raise ValueError(
-            f"The global batch of {lane_batch_size} lanes must divide evenly over the "
-            f"{count} replicas. Received: batch size {lane_batch_size} with {count} replicas"
+            f"The global batch size must be a positive multiple of the {count} replicas (one "
+            f"lane per batch row). Received: global_batch_size={lane_batch_size}"
         )
     return lane_batch_size // count
 
