@@ -272,7 +272,7 @@ def main():
         train_source, test_source = cli.resolve_data(args.data, args.data_dir, "*.txt", None)
     rows, curves = [], {}
     names = args.models.split(",") if args.models else None
-    models = [m for m in SIZES[args.size] if names is None or m[0] in names]
+    models = [(*m, None) for m in SIZES[args.size] if names is None or m[0] in names]
     if not models and not (args.variants and names == ["none"]):
         raise ValueError(f"`--models` names none of {[m[0] for m in SIZES[args.size]]}. "
                          f"Received: --models={args.models}")
@@ -300,9 +300,8 @@ def main():
     probe_batch = next(iter(byte_lanes(test_source, 4, 2048)))
     probe_batch = (probe_batch[0]["token_ids"], probe_batch[1], probe_batch[2])
     rows, curves = [], {}
-    for label, model, segment, *optimizer in models:
+    for label, model, segment, optimizer in models:
         batch = tokens_per_step // segment
-        optimizer = optimizer[0] if optimizer else None
         probe = StateProbe(args.probe_every, probe_batch, args.deep_probe_every)
         lm, losses, seconds = train(model, segment, batch, args.steps, train_source, pipeline, args.dtype,
                                     args.seed, callbacks=[probe], optimizer=optimizer)

@@ -14,6 +14,7 @@ learn?" from the inside:
 """
 
 import math
+import re
 
 import keras
 import numpy as np
@@ -21,8 +22,8 @@ from keras import ops
 
 from keras_brt.layers.attention import block_windows
 from keras_brt.models.losses import token_cross_entropy
+from keras_brt.training.optimizers import STATE_PATH
 
-STATE_PATH = ("state_", "initial_state", "token_cross_scale")
 
 
 def recurrent_cells(lm):
@@ -114,7 +115,7 @@ def gradient_norms(lm, token_ids, targets, weights):
         if prefix in v.path:
             name = v.path.split(prefix, 1)[1]
             per_variable[name] = math.sqrt(sq)
-            groups["state_path" if name.startswith(STATE_PATH) else "token_path"] += sq
+            groups["state_path" if re.search(STATE_PATH, name) else "token_path"] += sq
         else:
             groups["other_layers"] += sq
     return {**{k: math.sqrt(v) for k, v in groups.items()}, "per_variable": per_variable}

@@ -143,14 +143,15 @@ def distribute_lanes(strategy, make_dataset, global_batch_size, vocabulary_size=
     Returns:
         A distributed dataset for `fit`.
     """
-    per_replica = per_replica_batch_size(global_batch_size, strategy)
-    if vocabulary_size is None:
-        return strategy.distribute_datasets_from_function(
-            lambda context: make_dataset(per_replica, context))
     from keras_brt.models.input_checks import checked_inputs
 
-    return strategy.distribute_datasets_from_function(
-        lambda context: checked_inputs(make_dataset(per_replica, context), vocabulary_size))
+    per_replica = per_replica_batch_size(global_batch_size, strategy)
+
+    def replica_dataset(context):
+        dataset = make_dataset(per_replica, context)
+        return dataset if vocabulary_size is None else checked_inputs(dataset, vocabulary_size)
+
+    return strategy.distribute_datasets_from_function(replica_dataset)
 
 
 def free_ports(count):

@@ -111,7 +111,6 @@ def export_saved_model(lm, path, version=1, scores="logits", tokenizer=None, ove
 
     def check_ids(token_ids):
         return [
-            tf.debugging.assert_rank(token_ids, 2, message="token_ids must be (batch, length)"),
             tf.debugging.assert_positive(
                 tf.reduce_prod(tf.shape(token_ids)),
                 message="token_ids must hold at least one row and one token"),
