@@ -2,7 +2,7 @@
 
 Keras refuses `jit_compile=True` under MirroredStrategy; keras_brt compiles each
 replica's forward and backward pass with XLA anyway and keeps the optimizer update
-outside (`keras_brt/models/replica_xla.py`). This script measures what that buys on
+outside (`keras_brt.distribute.replica_xla.py`). This script measures what that buys on
 2 logical CPU devices (TensorFlow backend; TF's devices are fixed at start, so it
 sets them up itself):
 

@@ -38,6 +38,7 @@ import speed  # noqa: E402
 
 import keras_brt  # noqa: E402
 from keras_brt.layers.attention import attend, window_mask  # noqa: E402
+from keras_brt.models.state_layout import entry
 
 
 def timed(fn, args, steps):
@@ -168,7 +169,7 @@ def parts(size, dtype, steps, only=None):
                         (q, kv, kv, scale, bias), attention_flops * (1 + 1 / splits) / 2)
             grad, args = layer_grad(slide, hidden, state["layer_0_keys"], state["layer_0_values"])
             add("slide layer", variant, grad, args)
-            initial = [state[f"layer_{rec_index}_{name}"] for name in ("state", "keys", "values")]
+            initial = [state[entry(rec_index, name)] for name in ("state", "keys", "values")]
             grad, args = layer_grad(recurrent, hidden, initial)
             add("recurrent layer", variant, grad, args)
             add("model", variant, make_model(), ([var.value for var in backbone.trainable_variables], ids))

@@ -267,9 +267,9 @@ def main():
         train_source = source_directories(args.data_dir, "train")
         test_source = source_directories(args.data_dir, "test")
     else:
-        from keras_brt import cli
+        from keras_brt.training import resolve_data
 
-        train_source, test_source = cli.resolve_data(args.data, args.data_dir, "*.txt", None)
+        train_source, test_source = resolve_data(args.data, args.data_dir, "*.txt", None)
     rows, curves = [], {}
     names = args.models.split(",") if args.models else None
     models = [(*m, None) for m in SIZES[args.size] if names is None or m[0] in names]

@@ -23,6 +23,7 @@ from keras import ops
 from keras_brt.layers.attention import block_windows
 from keras_brt.models.losses import token_cross_entropy
 from keras_brt.training.optimizers import STATE_PATH
+from keras_brt.models.state_layout import entry
 
 
 
@@ -64,18 +65,18 @@ def attention_entropy(lm, token_ids):
     x = backbone.token_embedding(token_ids)
     for i in range(index):
         x, _, _ = backbone.transformer_layers[i](
-            x, state[f"layer_{i}_keys"], state[f"layer_{i}_values"])
+            x, state[entry(i, "keys")], state[entry(i, "values")])
     h, k, w = cell.num_heads, cell.head_dim, cell.block_size
     batch, num_blocks = token_ids.shape[0], token_ids.shape[1] // w
     tokens = cell.token_projections(x)  # 4 × (B, T, H, K)
     by_block = lambda t: ops.reshape(t, (batch, num_blocks, w, h, k))  # (B, N, W, H, K)
     q_cross = by_block(tokens.cross_queries)
-    window_keys = block_windows(state[f"layer_{index}_keys"], by_block(tokens.keys))
-    window_values = block_windows(state[f"layer_{index}_values"], by_block(tokens.values))  # (B, N, 2W, H, K)
+    window_keys = block_windows(state[entry(index, "keys")], by_block(tokens.keys))
+    window_values = block_windows(state[entry(index, "values")], by_block(tokens.values))  # (B, N, 2W, H, K)
     scale = lambda s: np.abs(np.asarray(s, "float32"))[None, :, None, None]
     logit = lambda q, kk, s: np.einsum("bqhk,bshk->bhqs", np.asarray(q, "float32"),
                                        np.asarray(kk, "float32")) * scale(s)
-    vectors = state[f"layer_{index}_state"]
+    vectors = state[entry(index, "state")]
     write, self_read, token_read, current = [], [], [], []
     for n in range(num_blocks):
         states_read = cell.state_projections(vectors)

@@ -113,7 +113,7 @@ def mirrored():
         lm, losses, lanes = train(mirrored_strategy, jit)
         results[f"mirrored_jit_{jit}"] = {"losses": losses, "lanes": lanes}
         if jit:
-            function = lm.replica_step_function
+            function = lm.replica_step.function
             concrete = function._list_all_concrete_functions()
             results["xla_must_compile"] = bool(concrete) and all(
                 c.function_def.attr["_XlaMustCompile"].b for c in concrete

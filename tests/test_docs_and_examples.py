@@ -70,3 +70,28 @@ def test_train_distributed_example_trains_and_the_chief_saves(tmp_path):
     lm = load_checkpoint(str(tmp_path / "out" / "model.keras"))
     assert int(lm.optimizer.iterations.numpy()) == 12
     assert next(iter(lm.lane_state().values())).shape[0] == 4  # every lane of the global batch
+
+
+def test_every_private_keras_use_is_listed_in_the_readme():
+    """The README's "Private Keras APIs" list names every `keras.src` import and every
+    private Keras member the package uses, so that a Keras upgrade knows where to look."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    section = readme[readme.index("## Private Keras APIs"):]
+    end = section.find("\n## ", 1)
+    section = section if end < 0 else section[:end]
+    package = os.path.join(ROOT, "keras_brt")
+    used = set()
+    for folder, _, files in os.walk(package):
+        for name in files:
+            if name.endswith(".py"):
+                with open(os.path.join(folder, name)) as f:
+                    source = f.read()
+                used |= set(re.findall(r"keras\.src[\w.]*(?: import \w+)?", source))
+                # Private members of Keras objects (self._tracker, model._loss_tracker, ...).
+                used |= set(re.findall(
+                    r"\._(?:tracker|loss_tracker|maybe_symbolic_build|get_variable_index|"
+                    r"dropout_mask|value_specs|in_multi_worker_mode)\b", source))
+    names = {u.split(" import ")[-1] if " import " in u else u.split(".")[-1] for u in used}
+    missing = sorted(n for n in names if n.lstrip(".") not in section)
+    assert not missing, f"private Keras uses missing from the README's list: {missing}"

@@ -17,14 +17,14 @@ from device CPU:0"). This step keeps XLA where it matters and variables out of i
 
 `BlockRecurrentTransformerCausalLM.compile(jit_compile=True)` selects this step by
 itself when a multi-replica strategy is active; the compiled function is kept as
-`lm.replica_step_function` (a test checks that XLA compiled it).
+`lm.replica_step.function` (a test checks that XLA compiled it).
 """
 
 import keras
 import tensorflow as tf
-from keras.src.trainers.data_adapters import data_adapter_utils
 
-from keras_brt.models import lanes, replicas
+from keras_brt.distribute import replicas
+from keras_brt.models import lanes
 from keras_brt.models.losses import TokenCrossEntropy
 
 
@@ -37,10 +37,21 @@ def _loss_object(model):
     return keras.losses.get(loss)
 
 
-def _make_step_function(model):
-    variables = list(model.backbone.variables)  # trainable weights and dropout seed states
-    trainable_ids = {id(v) for v in model.trainable_variables}
-    trainable_index = [i for i, v in enumerate(variables) if id(v) in trainable_ids]
+class ReplicaStep:
+    """The XLA-compiled forward and backward pass of one model and the variables it reads.
+
+    A plain object: the model holds it as `lm.replica_step` without Keras tracking the
+    variable list again. `function` is the `tf.function(jit_compile=True)`.
+    """
+
+    def __init__(self, model):
+        self.variables = list(model.backbone.variables)  # trainable weights, dropout seeds
+        trainable_ids = {id(v) for v in model.trainable_variables}
+        self.trainable_index = [i for i, v in enumerate(self.variables) if id(v) in trainable_ids]
+        self.function = _make_step_function(model, self.variables, self.trainable_index)
+
+
+def _make_step_function(model, variables, trainable_index):
     loss_object = _loss_object(model)
 
     def step(values, token_ids, reset, padding_mask, state, y, sample_weight):
@@ -57,23 +68,22 @@ def _make_step_function(model):
         new_values = [v if n is None else n for v, n in zip(values, new_values)]
         return loss, logits, gradients, new_state, new_values
 
-    return tf.function(step, jit_compile=True, reduce_retracing=True), variables, trainable_index
+    return tf.function(step, jit_compile=True, reduce_retracing=True)
 
 
 def train_step(model, data):
     """One training step: forward and backward XLA-compiled per replica."""
-    x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     token_ids, start_of_sequence, padding_mask = lanes.unpack_inputs(x)
     context = replicas.replica_context()
     rows = lanes.rows_per_replica(model.lane_batch_size, context)
     token_ids, start_of_sequence, padding_mask, y, sample_weight = (
         lanes.with_rows(t, rows) for t in (token_ids, start_of_sequence, padding_mask, y, sample_weight)
     )
-    if model.__dict__.get("_replica_step") is None:
-        # Stored past Keras's attribute tracking: these are references, not new state.
-        model.__dict__["_replica_step"] = _make_step_function(model)
-        model.__dict__["replica_step_function"] = model.__dict__["_replica_step"][0]
-    function, variables, trainable_index = model.__dict__["_replica_step"]
+    if model.replica_step is None:
+        model.replica_step = ReplicaStep(model)
+    function = model.replica_step.function
+    variables, trainable_index = model.replica_step.variables, model.replica_step.trainable_index
 
     lane_variables = model._lanes["train"]
     state, reset = lanes.read(lane_variables, context, rows, start_of_sequence)

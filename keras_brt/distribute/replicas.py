@@ -98,3 +98,35 @@ def strategy_scope(model):
 
     strategy = getattr(model, "distribute_strategy", None)
     return strategy.scope() if strategy is not None else contextlib.nullcontext()
+
+
+def metrics_build_batch(model, iterator=None, data_batch=None):
+    """`(iterator, data_batch)` for Keras's `_maybe_symbolic_build`, which builds a
+    model's metrics before its first step.
+
+    Keras 3.15's TensorFlow trainer, under a tf.distribute strategy, builds them from a
+    real batch that it pulls out of the training iterator (that batch is then never
+    trained on, so the lanes would skip a segment) and MEAN-reduces it across replicas
+    (which fails on boolean inputs such as `start_of_sequence`). This gives a batch of
+    zeros shaped like the dataset's element spec instead, and no iterator; other cases
+    pass through unchanged.
+    """
+    adapter = getattr(iterator, "data_adapter", None)
+    if data_batch is not None or adapter is None or not hasattr(adapter, "get_tf_dataset"):
+        return iterator, data_batch
+    # A distributed dataset has one spec per replica: any of them will do.
+    spec = keras.tree.map_structure(
+        lambda s: s._value_specs[0] if hasattr(s, "_value_specs") else s,
+        adapter.get_tf_dataset().element_spec,
+    )
+    # Multi-worker datasets leave the per-replica batch unknown: it is this replica's
+    # share of the lanes.
+    strategy = getattr(model, "distribute_strategy", None)
+    lanes = getattr(model, "lane_batch_size", None)
+    rows = 1 if lanes is None else lanes // max(1, getattr(strategy, "num_replicas_in_sync", 1))
+    specs = keras.tree.flatten(spec)
+    shapes = [tuple(rows if d is None else d for d in s.shape) for s in specs]
+    if any(None in shape for shape in shapes):
+        return iterator, data_batch
+    zeros = [keras.ops.zeros(shape, s.dtype.name) for shape, s in zip(shapes, specs)]
+    return None, keras.tree.pack_sequence_as(spec, zeros)

@@ -1,13 +1,14 @@
-"""tf.distribute strategies in the Model Garden manner, and a local multi-worker launcher.
+"""tf.distribute strategies in the Model Garden manner, and a local multi-worker launcher
+(TensorFlow; the names are re-exported by `keras_brt.distribute`).
 
     strategy = keras_brt.distribute.get_strategy("mirrored")
     with keras_brt.distribute.strategy_scope(strategy):
         lm = keras_brt.models.BlockRecurrentTransformerCausalLM.from_preset("tiny_rec_fixed_skip")
-        lm.compile(jit_compile=True)   # XLA per replica, see keras_brt.models.replica_xla
+        lm.compile(jit_compile=True)   # XLA per replica, see keras_brt.distribute.replica_xla
     lm.fit(lane_dataset_with_the_global_batch, ...)
 
 The carried lanes work under every strategy: each replica carries the rows of its
-own lanes (see `keras_brt.models.replicas`), so a 2-replica run computes exactly
+own lanes (see `keras_brt.distribute.replicas`), so a 2-replica run computes exactly
 what one device computes on the same global batch.
 
 Multi-worker: every worker runs the same program with its own `TF_CONFIG`
@@ -21,7 +22,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 
 import tensorflow as tf
 
@@ -218,6 +218,3 @@ def main(argv=None):
         print(f"--- worker {index} (exit {result.returncode})\n{result.stdout}{result.stderr}")
     return max(result.returncode for result in results)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

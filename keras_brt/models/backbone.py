@@ -21,6 +21,7 @@ from keras_brt.layers.common import (
 from keras_brt.layers.gates import GATES
 from keras_brt.layers.sliding_window_layer import SlidingWindowTransformerLayer
 from keras_brt.models.presets import get_preset
+from keras_brt.models.state_layout import StateLayout, entry
 
 
 def concrete_value(x):
@@ -57,7 +58,8 @@ class BlockRecurrentTransformerBackbone(keras.Model):
 
     The carried state is a flat dict of tensors: `layer_{i}_keys` and
     `layer_{i}_values` `(B, W, H, K)` for every layer and `layer_{i}_state`
-    `(B, S, D)` for every recurrent layer.
+    `(B, S, D)` for every recurrent layer, described by `state_layout`
+    (`keras_brt.models.state_layout`).
 
     Args:
         vocabulary_size: int. Number of token ids V.
@@ -183,6 +185,9 @@ class BlockRecurrentTransformerBackbone(keras.Model):
         self.attention_scale_init = attention_scale_init
         self.state_attention_scale_init = state_attention_scale_init
         self.gate_bias_init = gate_bias_init
+        # Names and shapes of the carried state (a plain object, not tracked by Keras).
+        self.state_layout = StateLayout(num_layers, self.recurrent_layer_indices, block_size,
+                                        num_heads, self.head_dim, num_state_vectors, hidden_dim)
 
     # === Layers ===
 
@@ -242,15 +247,9 @@ class BlockRecurrentTransformerBackbone(keras.Model):
     # === Carried state ===
 
     def state_shapes(self, batch_size):
-        """Returns `{name: shape}` of the carried state for `batch_size` lanes."""
-        cache = (batch_size, self.block_size, self.num_heads, self.head_dim)
-        shapes = {}
-        for i in range(self.num_layers):
-            shapes[f"layer_{i}_keys"] = cache
-            shapes[f"layer_{i}_values"] = cache
-            if i in self.recurrent_layer_indices:
-                shapes[f"layer_{i}_state"] = (batch_size, self.num_state_vectors, self.hidden_dim)
-        return shapes
+        """Returns `{name: shape}` of the carried state for `batch_size` lanes
+        (`self.state_layout.shapes`)."""
+        return self.state_layout.shapes(batch_size)
 
     def initial_state(self, batch_size):
         """The state of `batch_size` fresh lanes: empty caches and learned initial states."""
@@ -261,12 +260,12 @@ class BlockRecurrentTransformerBackbone(keras.Model):
                 [None] + layer.get_initial_state(batch_size)
             )
             if values[0] is not None:
-                state[f"layer_{i}_state"] = values[0]
-            state[f"layer_{i}_keys"], state[f"layer_{i}_values"] = values[1], values[2]
+                state[entry(i, "state")] = values[0]
+            state[entry(i, "keys")], state[entry(i, "values")] = values[1], values[2]
         return state
 
     def _is_recurrent(self, index):
-        return index in self.recurrent_layer_indices
+        return self.state_layout.is_recurrent(index)
 
     def _check_inputs(self, token_ids, state, start_of_sequence, padding_mask):
         if len(token_ids.shape) != 2:
@@ -376,15 +375,15 @@ class BlockRecurrentTransformerBackbone(keras.Model):
         for i, layer in enumerate(self.transformer_layers):
             if keep is not None:
                 x = x * keep  # Null tokens: zero keys and values in this layer.
-            keys, values = state[f"layer_{i}_keys"], state[f"layer_{i}_values"]
+            keys, values = state[entry(i, "keys")], state[entry(i, "values")]
             if self._is_recurrent(i):
                 x, s, keys, values = layer(
-                    x, initial_state=[state[f"layer_{i}_state"], keys, values], training=training
+                    x, initial_state=[state[entry(i, "state")], keys, values], training=training
                 )
-                new_state[f"layer_{i}_state"] = s
+                new_state[entry(i, "state")] = s
             else:
                 x, keys, values = layer(x, keys, values, training=training)
-            new_state[f"layer_{i}_keys"], new_state[f"layer_{i}_values"] = keys, values
+            new_state[entry(i, "keys")], new_state[entry(i, "values")] = keys, values
         x = self.final_dropout(self.final_norm(x), training=training)  # (B, T, D)
         x = ops.where(in_vocab[:, None, None], x, ops.cast(float("nan"), x.dtype))
         if not isinstance(pad, int) or pad:
@@ -404,15 +403,15 @@ class BlockRecurrentTransformerBackbone(keras.Model):
         """
         cache = {}
         for i, layer in enumerate(self.transformer_layers):
-            keys, values = state[f"layer_{i}_keys"], state[f"layer_{i}_values"]
-            cache[f"layer_{i}_prev_keys"], cache[f"layer_{i}_prev_values"] = keys, values
-            cache[f"layer_{i}_keys"] = ops.zeros_like(keys)
-            cache[f"layer_{i}_values"] = ops.zeros_like(values)
+            keys, values = state[entry(i, "keys")], state[entry(i, "values")]
+            cache[entry(i, "prev_keys")], cache[entry(i, "prev_values")] = keys, values
+            cache[entry(i, "keys")] = ops.zeros_like(keys)
+            cache[entry(i, "values")] = ops.zeros_like(values)
             if self._is_recurrent(i):
-                vectors = state[f"layer_{i}_state"]
-                cache[f"layer_{i}_state"] = vectors
-                (cache[f"layer_{i}_state_keys"],
-                 cache[f"layer_{i}_state_values"]) = layer.cell.state_keys_values(vectors)
+                vectors = state[entry(i, "state")]
+                cache[entry(i, "state")] = vectors
+                (cache[entry(i, "state_keys")],
+                 cache[entry(i, "state_values")]) = layer.cell.state_keys_values(vectors)
         return cache
 
     def decode_step(self, token_ids, index, cache):
@@ -431,30 +430,30 @@ class BlockRecurrentTransformerBackbone(keras.Model):
         x = self.token_embedding(token_ids[:, None])  # (B, 1, D)
         new = dict(cache)
         for i, layer in enumerate(self.transformer_layers):
-            window = [cache[f"layer_{i}_{n}"] for n in ("prev_keys", "prev_values", "keys", "values")]
+            window = [cache[entry(i, n)] for n in ("prev_keys", "prev_values", "keys", "values")]
             if self._is_recurrent(i):
                 x, keys, values = layer.cell.decode(
-                    x, index, cache[f"layer_{i}_state"], cache[f"layer_{i}_state_keys"],
-                    cache[f"layer_{i}_state_values"], *window,
+                    x, index, cache[entry(i, "state")], cache[entry(i, "state_keys")],
+                    cache[entry(i, "state_values")], *window,
                 )  # (B, 1, D), 2 × (B, W, H, K)
             else:
                 x, keys, values = layer.decode(x, index, *window)  # (B, 1, D), 2 × (B, W, H, K)
-            new[f"layer_{i}_keys"], new[f"layer_{i}_values"] = keys, values
+            new[entry(i, "keys")], new[entry(i, "values")] = keys, values
         hidden = self.final_norm(x)[:, 0]  # (B, D)
 
         def next_block():
             moved = dict(new)
             for i, layer in enumerate(self.transformer_layers):
-                keys, values = new[f"layer_{i}_keys"], new[f"layer_{i}_values"]
+                keys, values = new[entry(i, "keys")], new[entry(i, "values")]
                 if self._is_recurrent(i):
                     vectors = layer.cell.advance_state(
-                        new[f"layer_{i}_state"], new[f"layer_{i}_prev_keys"],
-                        new[f"layer_{i}_prev_values"], keys, values,
+                        new[entry(i, "state")], new[entry(i, "prev_keys")],
+                        new[entry(i, "prev_values")], keys, values,
                     )  # (B, S, D)
-                    moved[f"layer_{i}_state"] = ops.cast(vectors, new[f"layer_{i}_state"].dtype)
-                    (moved[f"layer_{i}_state_keys"],
-                     moved[f"layer_{i}_state_values"]) = layer.cell.state_keys_values(vectors)
-                moved[f"layer_{i}_prev_keys"], moved[f"layer_{i}_prev_values"] = keys, values
+                    moved[entry(i, "state")] = ops.cast(vectors, new[entry(i, "state")].dtype)
+                    (moved[entry(i, "state_keys")],
+                     moved[entry(i, "state_values")]) = layer.cell.state_keys_values(vectors)
+                moved[entry(i, "prev_keys")], moved[entry(i, "prev_values")] = keys, values
             return moved
 
         return hidden, ops.cond(index == self.block_size - 1, next_block, lambda: new)

@@ -8,13 +8,11 @@ from keras import ops
 from keras.src.backend.common.symbolic_scope import in_symbolic_scope
 
 from keras_brt.models import lanes as lane_rows
-from keras_brt.models import replicas
+from keras_brt.distribute import replicas
 from keras_brt.models.backbone import BlockRecurrentTransformerBackbone, concrete_value
-from keras_brt.models.compiling import compile_function
-from keras_brt.models.generation import generate_step, prepare_prompts
+from keras_brt.models.generation import Generator
 from keras_brt.models.input_checks import checked_inputs, reraising_out_of_vocabulary
 from keras_brt.models.losses import TokenCrossEntropy
-from keras_brt.models.samplers import get_sampler
 
 
 def _lane_count(x, batch_size):
@@ -98,6 +96,8 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
 
     Args:
         backbone: a `BlockRecurrentTransformerBackbone`.
+        tokenizer: optional tokenizer for string prompts in `generate()` (not
+            saved with the model; also `lm.generator.tokenizer`).
         **kwargs: base model arguments such as `name`.
 
     Example:
@@ -113,7 +113,7 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
     ```
     """
 
-    def __init__(self, backbone, **kwargs):
+    def __init__(self, backbone, tokenizer=None, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(backbone, BlockRecurrentTransformerBackbone):
             raise ValueError(
@@ -122,6 +122,10 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
             )
         self.backbone = backbone
         self._lanes = None  # {"train": {...}, "eval": {...}} once the batch is known.
+        # A plain object, untracked by Keras: the default sampler and tokenizer, and the
+        # compiled generate functions.
+        self.generator = Generator(tokenizer=tokenizer)
+        self.replica_step = None  # tf.distribute only: see replica_xla
 
     # === Building and carried lanes ===
 
@@ -236,17 +240,14 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
 
     @property
     def tokenizer(self):
-        """Optional tokenizer for string prompts in `generate()` (not saved with the model)."""
-        return self.__dict__.get("_tokenizer")
+        """The default tokenizer of `generate()` for string prompts (`lm.generator.tokenizer`;
+        not saved with the model)."""
+        return self.generator.tokenizer
 
-    @tokenizer.setter
-    def tokenizer(self, value):
-        self.__dict__["_tokenizer"] = value
-
-    def __setattr__(self, name, value):
-        if name == "tokenizer":  # A preprocessing helper, not a tracked sublayer.
-            return object.__setattr__(self, name, value)
-        return super().__setattr__(name, value)
+    @property
+    def sampler(self):
+        """The default sampler of `generate()`: the one given to `compile()`, else greedy."""
+        return self.generator.sampler
 
     def generate(self, inputs, max_length, sampler=None, stop_token_ids=None, strip_prompt=False,
                  seed=None, tokenizer=None):
@@ -257,7 +258,7 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
         every block boundary, exactly as `call_with_state` computes it (greedy
         output equals the argmax of `call_with_state` on the generated text).
         The decoding function is XLA-compiled once per batch size, `max_length`
-        and sampler, and reused.
+        and sampler, and reused (see `keras_brt.models.generation.Generator`).
 
         Args:
             inputs: a string or list of strings (with a tokenizer; a BOS is
@@ -273,7 +274,8 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
                 for the tokenizer's EOS, or None.
             strip_prompt: return only the generated tokens.
             seed: int seed of the random draws (reproducible output).
-            tokenizer: for strings; default `lm.tokenizer` when set.
+            tokenizer: for strings; default `lm.tokenizer` (the one given to the
+                constructor or set as `lm.generator.tokenizer`).
 
         Returns:
             For strings, the generated strings (one string for one prompt); for
@@ -287,52 +289,9 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
         lm.generate("def main():", max_length=200, tokenizer=keras_brt.data.ByteTokenizer())
         ```
         """
-        tokenizer = tokenizer if tokenizer is not None else self.tokenizer
-        backbone = self.backbone
-        token_ids, lengths, strings, single = prepare_prompts(
-            inputs, backbone.vocabulary_size, max_length, tokenizer
-        )
-        if stop_token_ids == "auto":
-            stop_token_ids = () if tokenizer is None else (getattr(tokenizer, "eos_id", 2),)
-        stop = np.asarray(list(stop_token_ids or ()), "int32").reshape(-1)
-        if stop.size and (stop.min() < 0 or stop.max() >= backbone.vocabulary_size):
-            raise ValueError(
-                f"`stop_token_ids` must lie in [0, vocabulary_size={backbone.vocabulary_size}). "
-                f"Received: stop_token_ids={stop.tolist()}"
-            )
-        sampler = get_sampler(sampler) if sampler is not None else getattr(self, "sampler", None)
-        sampler = sampler or get_sampler("greedy")
-        uniforms = np.random.default_rng(seed).random(token_ids.shape[::-1], dtype="float32")
-        output, ended = self._generate_function(sampler)(token_ids, lengths, uniforms, stop)
-        output, ended = np.asarray(output), np.asarray(ended)
-
-        positions = np.arange(output.shape[1])[None]
-        stops = np.isin(output, stop) & (positions >= lengths[:, None])
-        first_stop = np.where(stops.any(1), stops.argmax(1), output.shape[1] - 1)
-        mask = positions <= first_stop[:, None]
-        if strip_prompt:
-            mask &= positions >= lengths[:, None]
-        if strings:
-            texts = [tokenizer.detokenize(row[m]) for row, m in zip(output, mask)]
-            return texts[0] if single else texts
-        if strip_prompt:  # Left-align what was generated.
-            shift = [np.concatenate([row[m], np.zeros(len(row) - m.sum(), row.dtype)]) for row, m in
-                     zip(output, mask)]
-            mask = np.arange(output.shape[1])[None] < mask.sum(1)[:, None]
-            output = np.stack(shift)
-        return {"token_ids": np.where(mask, output, 0), "padding_mask": mask}
-
-    def _generate_function(self, sampler):
-        """The compiled generate step for `sampler`, made once and cached."""
-        functions = self.__dict__.setdefault("_generate_functions", {})
-        key = (type(sampler).__name__, repr(sorted(sampler.get_config().items())))
-        if key not in functions:
-            def step(token_ids, lengths, uniforms, stop):
-                self.__dict__["generate_traces"] = self.__dict__.get("generate_traces", 0) + 1
-                return generate_step(self, sampler, token_ids, lengths, uniforms, stop)
-
-            functions[key] = compile_function(self, step)
-        return functions[key]
+        return self.generator(self, inputs, max_length, sampler=sampler,
+                              stop_token_ids=stop_token_ids, strip_prompt=strip_prompt, seed=seed,
+                              tokenizer=tokenizer)
 
     def compute_logits(self, hidden):
         """Tied-embedding logits `(B, T, V)` in float32, divided by √D."""
@@ -397,7 +356,7 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
         `jit_compile=True` under a multi-replica tf.distribute strategy (where
         Keras's own XLA path fails) compiles each replica's forward and
         backward pass with XLA and keeps the optimizer update outside it (see
-        `keras_brt.models.replica_xla`).
+        `keras_brt.distribute.replica_xla`).
         """
         if optimizer == "auto":
             optimizer = keras.optimizers.AdamW(1e-3)
@@ -407,10 +366,9 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
             from keras_brt.training.metrics import TokenAccuracy  # training imports models
 
             weighted_metrics = [TokenAccuracy()]
-        self.__dict__["sampler"] = get_sampler(sampler)
-        self.__dict__["_generate_functions"] = {}
+        self.generator = Generator(sampler, self.generator.tokenizer)  # no compiled functions
         self.replica_jit_compile = jit_compile is True and replicas.multi_replica_strategy()
-        self.__dict__["_replica_step"] = None  # built by the first replica_xla.train_step
+        self.replica_step = None  # made by the first replica_xla.train_step
         super().compile(
             optimizer=optimizer,
             loss=loss,
@@ -442,7 +400,7 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
             )
             before = [ops.copy(v.value) for v in guarded]
             if getattr(self, "replica_jit_compile", False):
-                from keras_brt.models import replica_xla
+                from keras_brt.distribute import replica_xla
 
                 logs = replica_xla.train_step(self, *args)
             else:
@@ -463,31 +421,9 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
         return super().test_step(*args, **kwargs)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras 3.15's TensorFlow trainer, under a tf.distribute strategy, builds
-        # metrics from a real batch that it pulls out of the training iterator (so
-        # that batch is never trained on: the lanes would skip a segment) and
-        # MEAN-reduces across replicas (which fails on boolean inputs such as
-        # start_of_sequence). Build from the dataset's element spec instead.
-        adapter = getattr(iterator, "data_adapter", None)
-        if data_batch is None and adapter is not None and hasattr(adapter, "get_tf_dataset"):
-            # A distributed dataset has one spec per replica: any of them will do.
-            spec = keras.tree.map_structure(
-                lambda s: s._value_specs[0] if hasattr(s, "_value_specs") else s,
-                adapter.get_tf_dataset().element_spec,
-            )
-            # Multi-worker datasets leave the per-replica batch unknown: it is this
-            # replica's share of the lanes.
-            strategy = getattr(self, "_distribute_strategy", None)
-            rows = 1 if self._lanes is None else self.lane_batch_size // max(
-                1, getattr(strategy, "num_replicas_in_sync", 1)
-            )
-            shapes = [tuple(rows if d is None else d for d in s.shape) for s in keras.tree.flatten(spec)]
-            if all(None not in shape for shape in shapes):
-                data_batch = keras.tree.pack_sequence_as(
-                    spec,
-                    [ops.zeros(shape, s.dtype.name) for shape, s in zip(shapes, keras.tree.flatten(spec))],
-                )
-                iterator = None
+        # Keras 3.15's TensorFlow trainer under tf.distribute would train on no batch it
+        # builds metrics from: see replicas.metrics_build_batch.
+        iterator, data_batch = replicas.metrics_build_batch(self, iterator, data_batch)
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def fit(self, x=None, y=None, batch_size=None, shuffle=False, **kwargs):

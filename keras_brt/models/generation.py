@@ -1,6 +1,7 @@
 """Text generation with the carried state: block-by-block prefill, token-by-token decoding.
 
-The compiled `generate_step` keeps a fixed-size cache (the window's keys and
+`Generator` is the front end a causal LM delegates `generate()` to: prompts (strings,
+ids, KerasHub-style dicts) in, the compiled step, stop tokens and strings out. The compiled `generate_step` keeps a fixed-size cache (the window's keys and
 values and the state vectors of every layer), so memory does not grow with the
 prompt or the output:
 
@@ -14,6 +15,61 @@ prompt or the output:
 
 import numpy as np
 from keras import ops
+
+from keras_brt.models.compiling import compile_function
+from keras_brt.models.samplers import get_sampler
+
+
+class Generator:
+    """The generation front end of one causal LM: its default sampler and tokenizer, and
+    the compiled `generate_step` for each sampler it has used.
+
+    A plain object rather than a Keras layer: the model holds it without adding tracked
+    state (the tokenizer is a preprocessing helper, not a sublayer saved with the weights),
+    and its sampler or tokenizer can change after the model is built.
+
+    Args:
+        sampler: the default sampler: a name, a `keras_brt.models.Sampler` or a
+            `keras_hub.samplers.Sampler`.
+        tokenizer: the default tokenizer for string prompts, or None.
+
+    Example:
+
+    ```python
+    lm.generator.tokenizer = keras_brt.data.ByteTokenizer()
+    lm.generate("def main():", max_length=64)
+    ```
+    """
+
+    def __init__(self, sampler="greedy", tokenizer=None):
+        self.sampler = get_sampler(sampler)
+        self.tokenizer = tokenizer
+        self._functions = {}  # sampler key -> compiled generate_step
+
+    def __call__(self, lm, inputs, max_length, sampler=None, stop_token_ids=None,
+                 strip_prompt=False, seed=None, tokenizer=None):
+        """Continues `inputs` with `lm`; the arguments are `lm.generate()`'s."""
+        tokenizer = tokenizer if tokenizer is not None else self.tokenizer
+        vocabulary_size = lm.backbone.vocabulary_size
+        token_ids, lengths, strings, single = prepare_prompts(
+            inputs, vocabulary_size, max_length, tokenizer
+        )
+        stop = stop_ids(stop_token_ids, tokenizer, vocabulary_size)
+        sampler = get_sampler(sampler) if sampler is not None else self.sampler
+        uniforms = np.random.default_rng(seed).random(token_ids.shape[::-1], dtype="float32")
+        output, ended = self.compiled(lm, sampler)(token_ids, lengths, uniforms, stop)
+        return finish_outputs(np.asarray(output), lengths, stop, strip_prompt,
+                              tokenizer if strings else None, single)
+
+    def compiled(self, lm, sampler):
+        """The XLA-compiled generate step of `lm` with `sampler`, made once and reused."""
+        key = (type(sampler).__name__, repr(sorted(sampler.get_config().items())))
+        if key not in self._functions:
+            def step(token_ids, lengths, uniforms, stop):
+                return generate_step(lm, sampler, token_ids, lengths, uniforms, stop)
+
+            self._functions[key] = compile_function(lm, step)
+        return self._functions[key]
 
 
 def generate_step(lm, sampler, token_ids, prompt_lengths, uniforms, stop_token_ids, pad_id=0):
@@ -89,7 +145,7 @@ def prepare_prompts(inputs, vocabulary_size, max_length, tokenizer=None):
     if strings:
         if tokenizer is None:
             raise ValueError(
-                "String prompts need a tokenizer: pass `tokenizer=` or set `lm.tokenizer`. "
+                "String prompts need a tokenizer: pass `tokenizer=` or set `lm.generator.tokenizer`. "
                 f"Received: inputs={inputs[:2]!r}"
             )
         bos = getattr(tokenizer, "bos_id", 1)
@@ -127,3 +183,37 @@ def prepare_prompts(inputs, vocabulary_size, max_length, tokenizer=None):
         token_ids[i, :len(prompt)] = prompt
     lengths = np.array([len(p) for p in prompts], "int32")
     return token_ids, lengths, strings, single
+
+
+def stop_ids(stop_token_ids, tokenizer, vocabulary_size):
+    """`stop_token_ids` (ids, `"auto"` for the tokenizer's EOS, or None) as an int32 array."""
+    if stop_token_ids == "auto":
+        stop_token_ids = () if tokenizer is None else (getattr(tokenizer, "eos_id", 2),)
+    stop = np.asarray(list(stop_token_ids or ()), "int32").reshape(-1)
+    if stop.size and (stop.min() < 0 or stop.max() >= vocabulary_size):
+        raise ValueError(
+            f"`stop_token_ids` must lie in [0, vocabulary_size={vocabulary_size}). "
+            f"Received: stop_token_ids={stop.tolist()}"
+        )
+    return stop
+
+
+def finish_outputs(output, lengths, stop, strip_prompt, tokenizer, single):
+    """The generated `(B, L)` ids as `generate()` returns them: masked after each row's
+    first stop token, optionally without the prompt (left-aligned), as strings when a
+    `tokenizer` is given (one string for a `single` prompt)."""
+    positions = np.arange(output.shape[1])[None]
+    stops = np.isin(output, stop) & (positions >= lengths[:, None])
+    first_stop = np.where(stops.any(1), stops.argmax(1), output.shape[1] - 1)
+    mask = positions <= first_stop[:, None]
+    if strip_prompt:
+        mask &= positions >= lengths[:, None]
+    if tokenizer is not None:
+        texts = [tokenizer.detokenize(row[m]) for row, m in zip(output, mask)]
+        return texts[0] if single else texts
+    if strip_prompt:  # Left-align what was generated.
+        shift = [np.concatenate([row[m], np.zeros(len(row) - m.sum(), row.dtype)]) for row, m in
+                 zip(output, mask)]
+        mask = np.arange(output.shape[1])[None] < mask.sum(1)[:, None]
+        output = np.stack(shift)
+    return {"token_ids": np.where(mask, output, 0), "padding_mask": mask}

@@ -21,7 +21,7 @@ one replica and the helpers of `replicas` are the identity.
 
 from keras import ops
 
-from keras_brt.models import replicas
+from keras_brt.distribute import replicas
 
 INPUT_KEYS = ("token_ids", "start_of_sequence", "padding_mask")
 MODES = ("train", "eval")  # training; evaluation and prediction

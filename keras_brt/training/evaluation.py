@@ -22,8 +22,9 @@ def make_eval_step(lm):
 
     def step(x, y, weights, state, clear):
         initial = lm.initial_state(ops.shape(x["token_ids"])[0])
+        cleared = lm.backbone.state_layout.state_vector_names
         state = {
-            k: (ops.where(clear, ops.cast(initial[k], v.dtype), v) if k.endswith("_state") else v)
+            k: (ops.where(clear, ops.cast(initial[k], v.dtype), v) if k in cleared else v)
             for k, v in state.items()
         }
         logits, new_state = lm.call_with_state(

@@ -46,6 +46,24 @@ def read_run(run_dir):
     return run
 
 
+def run_model_path(run_dir):
+    """The final model of a run, or its last checkpoint when training has not ended.
+
+    Args:
+        run_dir: the run directory.
+
+    Returns:
+        The path of `model.keras`, else of the checkpoint; a `ValueError` if
+        there is neither.
+    """
+    model_path = os.path.join(run_dir, "model.keras")
+    if not os.path.exists(model_path):
+        model_path = os.path.join(run_dir, CHECKPOINT)
+    if not os.path.exists(model_path):
+        raise ValueError(f"The run directory holds no model yet. Received: run_dir={run_dir!r}")
+    return model_path
+
+
 def save_tokenizer(tokenizer, run_dir):
     from keras_brt.data import SentencePieceTokenizer
 

@@ -129,6 +129,15 @@ def test_state_structure_and_shapes():
     assert tuple(state["layer_0_keys"].shape) == (5, W, 2, 8)
     cell = lm.backbone.transformer_layers[1].cell
     np.testing.assert_allclose(np.asarray(state["layer_1_state"])[4], cell.initial_state.numpy())
+    # The layout the lanes, evaluation and export read describes exactly this state, and
+    # the state of what the model returns.
+    layout = lm.backbone.state_layout
+    assert layout.shapes(5) == {k: tuple(v.shape) for k, v in state.items()}
+    assert layout.state_vector_names == ("layer_1_state",)
+    _, new_state = lm.call_with_state(token_ids(5, 2 * W))
+    assert layout.shapes(5) == {k: tuple(v.shape) for k, v in new_state.items()}
+    cache = lm.backbone.decode_cache(state)
+    assert sorted(cache) == sorted(f"layer_{i}_{part}" for i in range(3) for part in layout.decoding_parts(i))
 
 
 def test_token_cross_entropy_equals_keras_sparse_cross_entropy():

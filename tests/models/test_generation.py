@@ -6,6 +6,7 @@ import pytest
 from keras import ops
 
 from keras_brt.data import ByteTokenizer
+from keras_brt.models import BlockRecurrentTransformerCausalLM, generation
 from keras_brt.models.compiling import compile_function
 from keras_brt.models import GreedySampler, RandomSampler, TopKSampler, TopPSampler, get_sampler
 from tests.models.common import V, W, make_lm, token_ids
@@ -97,8 +98,14 @@ def test_strip_prompt_and_strings_in_strings_out():
     assert text[0].startswith("def f(x):") and text[1].startswith("x")
     only_new = lm.generate(["def f(x):", "x"], max_length=3 * W, tokenizer=tokenizer, strip_prompt=True)
     assert text == ["def f(x):" + only_new[0], "x" + only_new[1]]
-    lm.tokenizer = tokenizer  # strings with the model's own tokenizer; one string in, one out
+    # Strings with the model's own tokenizer (set after building, or given to the constructor);
+    # one string in, one out.
+    lm.generator.tokenizer = tokenizer
     assert lm.generate("x", max_length=3 * W, strip_prompt=True) == only_new[1]
+    same_weights = BlockRecurrentTransformerCausalLM(lm.backbone, tokenizer=tokenizer)
+    assert same_weights.generate("x", max_length=3 * W, strip_prompt=True) == only_new[1]
+    with pytest.raises((AttributeError, ValueError)):  # Keras: no new sublayer once built
+        lm.tokenizer = tokenizer  # never a silent sublayer that generate() would not read
     stripped = lm.generate([[1, 5, 6], [1]], max_length=3 * W, strip_prompt=True)
     full = lm.generate([[1, 5, 6], [1]], max_length=3 * W)
     assert stripped["padding_mask"].sum(1).tolist() == [3 * W - 3, 3 * W - 1]
@@ -154,18 +161,27 @@ def test_keras_hub_style_samplers_are_accepted():
         assert not np.any(ids[row, n:end] == logits[row, n - 1:end - 1].argmax(-1))
 
 
-def test_generate_compiles_once_and_compile_resets_it():
+def test_generate_compiles_once_and_compile_resets_it(monkeypatch):
+    traces = []  # one entry each time the generate step is traced
+
+    def counted_step(*args):
+        traces.append(args[1])
+        return generation.generate_step.__wrapped__(*args)
+
+    counted_step.__wrapped__ = generation.generate_step
+    monkeypatch.setattr(generation, "generate_step", counted_step)
     lm = make_lm()
     lm.compile(sampler="greedy")
     prompts = [token_ids(1, 3, seed=0)[0], token_ids(1, 7, seed=1)[0]]
     lm.generate(prompts, max_length=3 * W)
-    traces = lm.generate_traces
+    assert len(traces) >= 1
+    count = len(traces)
     lm.generate([token_ids(1, 6, seed=4)[0], token_ids(1, 2, seed=5)[0]], max_length=3 * W)
-    assert lm.generate_traces == traces  # other prompts, same shapes: no retrace
+    assert len(traces) == count  # other prompts, same shapes: no retrace
     lm.compile(sampler=TopKSampler(k=3))
     assert isinstance(lm.sampler, TopKSampler)
     lm.generate(prompts, max_length=3 * W)
-    assert lm.generate_traces == traces + 1
+    assert len(traces) == count + 1 and isinstance(traces[-1], TopKSampler)
 
 
 @pytest.mark.parametrize(
