@@ -93,7 +93,9 @@ def test_byte_tokenizer_round_trip_and_config():
     ids = tok(tf.constant(text)).numpy()
     assert len(ids) == len(text.encode()) and ids.min() >= 3
     assert tok.detokenize(ids) == text
-    assert tok(tf.constant([text, "ab"])).shape[0] == 2
+    batch = tok(tf.constant([text, "ab"]))  # a batch: one ragged row per string, same ids
+    np.testing.assert_array_equal(batch[0].numpy(), ids)
+    np.testing.assert_array_equal(batch[1].numpy(), np.frombuffer(b"ab", np.uint8) + 3)
     revived = data.ByteTokenizer.from_config(json.loads(json.dumps(tok.get_config())))
     np.testing.assert_array_equal(revived(tf.constant(text)).numpy(), ids)
 
