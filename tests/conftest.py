@@ -1,8 +1,9 @@
 """Test configuration: backend banner, seeds, and the `slow` marker.
 
 The suite runs on the backend named by KERAS_BACKEND (CI runs it on tensorflow
-and on jax). Tests marked `slow` train small models; they run by default (CI
-runs them) and `-m "not slow"` skips them for a quick local pass.
+and on jax). Tests marked `slow` train small models (or compile further configurations of a
+check the quick pass already makes once); they run by default (CI runs them) and
+`-m "not slow"` skips them for a quick local pass (about 3 minutes on 2 cores).
 """
 
 import os
@@ -18,7 +19,8 @@ def pytest_report_header(config):
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: trains a model (seconds to a minute)")
+    config.addinivalue_line(
+        "markers", "slow: trains a model, or compiles a further configuration of one (seconds to a minute)")
 
 
 # For heavy tests whose subject does not depend on the Keras backend (or that

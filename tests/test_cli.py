@@ -47,6 +47,7 @@ def trained_run(corpus, tmp_path_factory):
     return out, printed.getvalue()
 
 
+@pytest.mark.slow
 def test_train_writes_a_complete_run_and_evaluate_reports_json(trained_run, capsys):
     out, printed = trained_run
     for name in ("run.json", "tokenizer.json", "checkpoint.keras", "model.keras", "evaluation.json",
@@ -68,6 +69,7 @@ def test_train_writes_a_complete_run_and_evaluate_reports_json(trained_run, caps
     assert os.path.exists(os.path.join(out, "eval.png"))
 
 
+@pytest.mark.slow
 @tensorflow_pass_only
 def test_sentencepiece_runs_store_their_tokenizer(corpus, tmp_path, capsys):
     out = str(tmp_path / "run")
@@ -121,6 +123,7 @@ def test_empty_data_folder_is_an_error(tmp_path, capsys):
     assert "readable text" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @tensorflow_pass_only
 def test_runs_are_never_overwritten_and_bad_run_directories_are_reported(corpus, trained_run, tmp_path,
                                                                          capsys):
@@ -201,6 +204,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_identical(corpus, tmp
                                [float(r[column]) for r in straight_rows[1:]], rtol=1e-4)
 
 
+@pytest.mark.slow
 @tensorflow_pass_only
 def test_export_writes_a_servable_model_of_the_run(trained_run, tmp_path, capsys):
     import tensorflow as tf
@@ -234,6 +238,7 @@ def test_export_writes_a_servable_model_of_the_run(trained_run, tmp_path, capsys
     assert "score_text" not in set(tf.saved_model.load(os.path.join(base, "1")).signatures)
 
 
+@pytest.mark.slow
 @tensorflow_pass_only
 def test_train_under_a_strategy_in_mixed_bfloat16(corpus, tmp_path, capsys):
     import keras
@@ -258,6 +263,7 @@ def test_train_under_a_strategy_in_mixed_bfloat16(corpus, tmp_path, capsys):
     assert "dtype_policy" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_generate_continues_a_prompt_reproducibly(trained_run, capsys):
     run_dir, _ = trained_run
     argv = ["generate", run_dir, "--prompt", "alpha = ", "--max-new-tokens", "20", "--seed", "3"]

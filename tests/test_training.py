@@ -190,6 +190,7 @@ def test_short_training_on_the_default_corpus_lowers_held_out_bits():
     assert after < before - 2.0
 
 
+@pytest.mark.slow
 def test_an_eval_step_made_before_training_sees_the_trained_weights():
     lm = make_lm()
     ids = token_ids(length=2 * W)

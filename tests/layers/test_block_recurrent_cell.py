@@ -117,6 +117,7 @@ class BlockModel(keras.Model):
         return ops.mean(outputs, axis=(1, 2)) + ops.mean(state, axis=1)
 
 
+@pytest.mark.slow
 def test_plain_rnn_fits_under_jit_compile():
     model = BlockModel()
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse", jit_compile=True)
@@ -230,7 +231,10 @@ def test_state_initialisation_default_and_paper(gate):
 
 @pytest.mark.parametrize(
     "gate,state_mlp,dropout,unroll",
-    [("fixed", "skip", 0.0, False), ("lstm", "dual", 0.3, True), ("fixed", "single", 0.0, N)],
+    [("fixed", "skip", 0.0, False),
+     # The other configurations compile the loop again: full suite only.
+     pytest.param("lstm", "dual", 0.3, True, marks=pytest.mark.slow),
+     pytest.param("fixed", "single", 0.0, N, marks=pytest.mark.slow)],
 )
 def test_parallel_token_path_equals_the_cell_in_the_loop(gate, state_mlp, dropout, unroll):
     """The default route (state-independent token work over all blocks at once, looped or

@@ -45,6 +45,7 @@ def test_fit_on_arrays_refuses_an_out_of_vocabulary_id_before_any_update(bad_id)
     assert int(lm.optimizer.iterations.numpy()) == 0
 
 
+@pytest.mark.slow
 def test_fit_on_a_generator_stops_at_the_bad_batch_with_the_earlier_updates_kept():
     lm = compiled_lm()
     ids = batches_with_an_outsider(300, bad_batch=2)
@@ -93,6 +94,7 @@ def test_fit_on_a_tf_data_pipeline_refuses_an_out_of_vocabulary_id():
     assert_same(before, weights(lm))
 
 
+@pytest.mark.slow
 def test_a_non_finite_loss_is_never_applied_and_fit_stops():
     """A NaN sample weight in the second batch makes that step's loss NaN: the update
     is skipped (weights, optimizer and lanes as after the first step) and fit raises."""
@@ -112,6 +114,7 @@ def test_a_non_finite_loss_is_never_applied_and_fit_stops():
     assert_same(after_first, after)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_never_records_a_skipped_step(tmp_path):
     """The stop comes before any later callback, so a checkpoint due at the bad step is not written."""
     from keras_brt.training import RunCheckpoint

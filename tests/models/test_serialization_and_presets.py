@@ -65,6 +65,7 @@ def test_compiled_model_loads_with_its_metrics_in_a_fresh_process(tmp_path):
     subprocess.run([sys.executable, "-c", script], env=env, check=True, cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_mixed_bfloat16_keeps_float32_variables_and_logits():
     ids = token_ids(length=3 * W)
     full = make_lm()

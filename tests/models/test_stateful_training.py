@@ -21,6 +21,7 @@ def _frozen_fit(lm, segments):
     lm.fit(x, x["token_ids"], batch_size=2, epochs=1, verbose=0)
 
 
+@pytest.mark.slow
 def test_fit_carries_each_lane_and_resets_rows_at_start_of_sequence():
     lm = make_lm()
     seg = [token_ids(length=2 * W, seed=s) for s in range(3)]
@@ -34,6 +35,7 @@ def test_fit_carries_each_lane_and_resets_rows_at_start_of_sequence():
         np.testing.assert_allclose(np.asarray(lm.lane_state("train")[name]), value, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_first_batch_starts_from_the_initial_state_and_reset_state_restarts_lanes():
     lm = make_lm()
     seg = [token_ids(length=2 * W, seed=s) for s in range(2)]
@@ -93,6 +95,7 @@ def test_no_gradient_crosses_batches():
         np.testing.assert_allclose((old - np.asarray(new)) / lr, gradient, atol=2e-5, rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_evaluate_and_predict_use_fresh_inference_lanes():
     lm = make_lm()
     seg = [token_ids(length=2 * W, seed=s) for s in range(2)]
@@ -109,6 +112,7 @@ def test_evaluate_and_predict_use_fresh_inference_lanes():
     np.testing.assert_allclose(predicted, np.asarray(lm.call_with_state(seg[1])[0]), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_stateful_call_with_another_batch_size_is_refused():
     lm = make_lm()
     lm.compile(optimizer=keras.optimizers.SGD(0.0))
@@ -157,6 +161,7 @@ def test_weights_file_round_trip_includes_lanes(tmp_path):
         np.testing.assert_array_equal(np.asarray(other.lane_state()[name]), value)
 
 
+@pytest.mark.slow
 def test_fit_never_shuffles_lanes():
     lm = make_lm()
     lm.compile(optimizer=keras.optimizers.SGD(0.0))
