@@ -51,7 +51,6 @@ from keras_brt.layers.attention import (
 from keras_brt.layers.common import (
     FeedForward,
     check_choice,
-    check_float,
     check_positive_int,
     check_rate,
     dense,
@@ -59,7 +58,7 @@ from keras_brt.layers.common import (
     rms_norm,
     split_heads,
 )
-from keras_brt.layers.gates import GATES, get_gate
+from keras_brt.layers.gates import GATES, check_bias_init, get_gate
 from keras_brt.layers.relative_position import RelativePositionBias
 
 STATE_MLPS = ("skip", "single", "dual")
@@ -141,7 +140,9 @@ class BlockRecurrentCell(DropoutRNNCell, keras.layers.Layer):
             (`FixedGate` / `LSTMGate` `bias_init`). The default 2.0 starts the
             fixed gate at 0.88 (a memory of about eight blocks); the paper's
             0.0 starts it at 0.5, which forgets too fast for the state to learn
-            (bench/results/NOTES.md, "Making the state learn").
+            (bench/results/NOTES.md, "Making the state learn"). `"chrono"`
+            spreads the features' memories from 2 to 64 blocks instead
+            (`keras_brt.layers.gates.keep_bias_initializer`).
         seed: int or None. Seed of the dropout masks.
         **kwargs: base layer arguments such as `name` and `dtype`.
 
@@ -192,7 +193,7 @@ class BlockRecurrentCell(DropoutRNNCell, keras.layers.Layer):
         check_choice("gate", gate, GATES)
         check_choice("state_mlp", state_mlp, STATE_MLPS)
         check_scale_init("state_attention_scale_init", state_attention_scale_init)
-        check_float("gate_bias_init", gate_bias_init)
+        check_bias_init("gate_bias_init", gate_bias_init)
         self.hidden_dim = hidden_dim
         self.num_heads = num_heads
         self.block_size = block_size

@@ -10,6 +10,33 @@ from keras import ops
 from keras_brt.layers.common import check_choice
 
 GATES = ("fixed", "lstm")
+CHRONO_MAX_BLOCKS = 64
+
+
+def check_bias_init(arg, value):
+    """Raises a `ValueError` naming `arg` unless `value` is a float or `"chrono"`."""
+    if value == "chrono":
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f'`{arg}` must be a float or "chrono". Received: {arg}={value!r}')
+
+
+def keep_bias_initializer(bias_init, offset=0.0):
+    """The initializer of a keep (forget) gate's bias, whose gate is `sigmoid(bias + offset)`.
+
+    A float: N(bias_init, 0.1). `"chrono"` (Tallec & Ollivier, 2018, "Can recurrent neural
+    networks warp time?"): `log(u) - offset` with u ~ U(1, CHRONO_MAX_BLOCKS - 1) per
+    feature, so the features start with memories spread from 2 to 64 blocks (a time
+    constant of about 1 + u blocks) instead of one memory length for all.
+    """
+    if bias_init != "chrono":
+        return keras.initializers.RandomNormal(mean=float(bias_init), stddev=0.1)
+
+    def chrono(shape, dtype=None):
+        u = keras.random.uniform(shape, 1.0, CHRONO_MAX_BLOCKS - 1.0, dtype="float32")
+        return ops.cast(ops.log(u) - offset, dtype or "float32")
+
+    return chrono
 
 
 @keras.saving.register_keras_serializable(package="keras_brt")
@@ -28,8 +55,9 @@ class FixedGate(keras.layers.Layer):
     mean: 2.0 starts at `g ≈ 0.88`, a memory of about eight blocks.
 
     Args:
-        bias_init: float. Mean of the N(bias_init, 0.1) initialisation of `b`
-            (the paper's 0.0 by default).
+        bias_init: float, or `"chrono"`. Mean of the N(bias_init, 0.1)
+            initialisation of `b` (the paper's 0.0 by default); `"chrono"` spreads
+            the features' memories from 2 to 64 blocks (`keep_bias_initializer`).
         **kwargs: base layer arguments such as `name` and `dtype`.
 
     Call arguments:
@@ -50,12 +78,13 @@ class FixedGate(keras.layers.Layer):
 
     def __init__(self, bias_init=0.0, **kwargs):
         super().__init__(**kwargs)
-        self.bias_init = float(bias_init)
+        check_bias_init("bias_init", bias_init)
+        self.bias_init = bias_init if bias_init == "chrono" else float(bias_init)
 
     def build(self, old_shape, update_shape=None, gate_input_shape=None):
         self.bias = self.add_weight(
             shape=(old_shape[-1],),
-            initializer=keras.initializers.RandomNormal(mean=self.bias_init, stddev=0.1),
+            initializer=keep_bias_initializer(self.bias_init),
             name="bias",
         )
 
@@ -83,8 +112,9 @@ class LSTMGate(keras.layers.Layer):
     at the start), as `FixedGate`'s does.
 
     Args:
-        bias_init: float. Mean of the N(bias_init, 0.1) initialisation of the
-            forget gate's bias (the paper's 0.0 by default).
+        bias_init: float, or `"chrono"`. Mean of the N(bias_init, 0.1)
+            initialisation of the forget gate's bias (the paper's 0.0 by
+            default); `"chrono"` spreads the memories from 2 to 64 blocks.
         **kwargs: base layer arguments such as `name` and `dtype`.
 
     Call arguments:
@@ -105,23 +135,25 @@ class LSTMGate(keras.layers.Layer):
 
     def __init__(self, bias_init=0.0, **kwargs):
         super().__init__(**kwargs)
-        self.bias_init = float(bias_init)
+        check_bias_init("bias_init", bias_init)
+        self.bias_init = bias_init if bias_init == "chrono" else float(bias_init)
 
     def build(self, old_shape, update_shape=None, gate_input_shape=None):
         units = old_shape[-1]
         gate_input_shape = gate_input_shape or old_shape
-        self.forget_dense = self._dense(units, "forget_dense", self.bias_init)
-        self.input_dense = self._dense(units, "input_dense", 0.0)
+        # The forget gate adds +1 to its bias: "chrono" takes it into account.
+        self.forget_dense = self._dense(units, "forget_dense", keep_bias_initializer(self.bias_init, 1.0))
+        self.input_dense = self._dense(units, "input_dense", keep_bias_initializer(0.0))
         self.forget_dense.build(gate_input_shape)
         self.input_dense.build(gate_input_shape)
 
-    def _dense(self, units, name, bias_mean):
+    def _dense(self, units, name, bias_initializer):
         return keras.layers.Dense(
             units,
             kernel_initializer=keras.initializers.VarianceScaling(
                 0.1, mode="fan_in", distribution="truncated_normal"
             ),
-            bias_initializer=keras.initializers.RandomNormal(mean=bias_mean, stddev=0.1),
+            bias_initializer=bias_initializer,
             dtype=self.dtype_policy,
             name=name,
         )

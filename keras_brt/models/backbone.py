@@ -12,13 +12,12 @@ from keras_brt.layers.block_recurrent_cell import (
 from keras_brt.layers.block_recurrent_rnn import BlockRecurrentRNN
 from keras_brt.layers.common import (
     check_choice,
-    check_float,
     check_positive_int,
     check_rate,
     resolve_head_dim,
     rms_norm,
 )
-from keras_brt.layers.gates import GATES
+from keras_brt.layers.gates import GATES, check_bias_init
 from keras_brt.layers.sliding_window_layer import SlidingWindowTransformerLayer
 from keras_brt.models.presets import get_preset
 from keras_brt.models.state_layout import StateLayout, entry
@@ -84,8 +83,9 @@ class BlockRecurrentTransformerBackbone(keras.Model):
             `attention_scale_init` (the paper's setting). See `BlockRecurrentCell`.
         gate_bias_init: float. Mean of the state gate's keep bias at
             initialisation: 2.0 (default) starts the fixed gate at 0.88, the
-            paper's 0.0 at 0.5, which forgets too fast for the state to learn.
-            See `BlockRecurrentCell`.
+            paper's 0.0 at 0.5, which forgets too fast for the state to learn;
+            `"chrono"` spreads the memories from 2 to 64 blocks. See
+            `BlockRecurrentCell`.
         **kwargs: base model arguments such as `name` and `dtype`.
 
     Call arguments:
@@ -147,7 +147,7 @@ class BlockRecurrentTransformerBackbone(keras.Model):
         check_choice("gate", gate, GATES)
         check_choice("state_mlp", state_mlp, STATE_MLPS)
         check_scale_init("state_attention_scale_init", state_attention_scale_init)
-        check_float("gate_bias_init", gate_bias_init)
+        check_bias_init("gate_bias_init", gate_bias_init)
         if isinstance(recurrent_layers, int) or not all(
             isinstance(i, int) and not isinstance(i, bool) for i in recurrent_layers
         ):

@@ -229,6 +229,23 @@ def test_state_initialisation_default_and_paper(gate):
         assert abs(kept.mean() - reference.sigmoid(keep + offset)) < 0.03, (init, kept.mean())
 
 
+@pytest.mark.parametrize("gate", ["fixed", "lstm"])
+def test_chrono_gate_spreads_the_memories_and_round_trips(gate):
+    """`gate_bias_init="chrono"`: each feature keeps sigmoid(log u) = u / (1 + u) of its old
+    value, u ~ U(1, 63), i.e. memories of 1 + u blocks from 2 to 64 (the LSTM's +1 offset
+    accounted for); the setting survives get_config."""
+    keras.utils.set_random_seed(3)
+    cell = BlockRecurrentCell(**{**CONFIG, "hidden_dim": 256, "num_heads": 4, "head_dim": 8},
+                              gate=gate, gate_bias_init="chrono")
+    cell.build((None, W, 256))
+    old = np.ones((1, S, 256), "float32")
+    kept = np.asarray(cell.state_gate(old, np.zeros_like(old), np.zeros((1, S, 2 * 4 * 8), "float32")))[0, 0]
+    memory = 1.0 / (1.0 - kept)  # blocks
+    assert memory.min() >= 2.0 - 1e-3 and memory.max() <= 64.0 + 1e-2
+    assert np.quantile(memory, 0.1) < 16 and np.quantile(memory, 0.9) > 48  # spread, not one length
+    assert BlockRecurrentCell.from_config(cell.get_config()).gate_bias_init == "chrono"
+
+
 @pytest.mark.parametrize(
     "gate,state_mlp,dropout,unroll",
     [("fixed", "skip", 0.0, False),
