@@ -8,6 +8,7 @@ import pytest
 
 import keras_brt
 from keras_brt import data, training
+from tests.conftest import jax_pass_only
 from tests.models.common import W, make_lm, token_ids
 
 
@@ -168,6 +169,7 @@ def test_evaluation_with_the_state_cleared_resets_only_the_recurrent_state():
 
 
 @pytest.mark.slow
+@jax_pass_only  # the data pipeline and the learning do not depend on the backend; JAX trains faster
 def test_short_training_on_the_default_corpus_lowers_held_out_bits():
     keras.utils.set_random_seed(0)
     lm = keras_brt.models.BlockRecurrentTransformerCausalLM.from_preset("tiny_rec_fixed_skip")
