@@ -124,7 +124,7 @@ def build_parser():
 
     p = commands.add_parser("evaluate", help="held-out bits per token of a trained run")
     p.add_argument("run_dir")
-    p.add_argument("--data", default=None, help="default: the data the run was trained on")
+    p.add_argument("--data", default=None, help="a folder (evaluated whole: every matching file is held-out data), 'stdlib' or a TFDS name (its held-out split); default: the run's held-out data")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--pattern", default=None)
     p.add_argument("--text-feature", default=None)

@@ -351,3 +351,10 @@ def test_a_small_folder_in_another_encoding_trains_and_is_evaluated_on_its_own_b
                      "--output", str(tmp_path / "run3"), "--encoding", "latin-1", *SMALL]) == 0
     assert "held-out data: all 1 files" in capsys.readouterr().out
     assert json.loads((tmp_path / "run3" / "evaluation.json").read_text())["bytes"] == 600
+    # `evaluate --data FOLDER`: every file of the folder is held-out data, however few.
+    (shelf / "more.txt").write_text("Encore une. " * 10)
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(tmp_path / "run3"), "--data", str(shelf), "--json"]) == 0
+    printed = capsys.readouterr().out
+    assert "held-out data: all 2 files" in printed
+    assert json.loads(printed.strip().splitlines()[-1])["bytes"] == 600 + 120

@@ -112,13 +112,15 @@ def evaluate_run_dir(run_dir, data=None, data_dir=None, pattern=None, text_featu
     """Evaluates a run's model on held-out data, by default the run's own.
 
     Uses the final model, or the last checkpoint of a run still training. The
-    data arguments default to the run's settings (see `resolve_data`); a
-    `data` other than the run's is evaluated on its held-out split, not on the
+    data arguments default to the run's settings (see `resolve_data`). A folder
+    given as `data` is evaluated whole (every matching file is held-out data);
+    `"stdlib"` or a TFDS name is evaluated on its held-out split, not on the
     run's `eval_data`. Prints its progress and a summary.
 
     Args:
         run_dir: the run directory.
-        data: `"stdlib"`, a folder or a TFDS name (default: the run's).
+        data: `"stdlib"`, a folder (evaluated whole) or a TFDS name (default:
+            the run's held-out data).
         data_dir: the TFDS data directory (default: the run's).
         pattern: file-name pattern inside a folder (default: the run's).
         text_feature: the TFDS text feature (default: the run's).
@@ -132,6 +134,8 @@ def evaluate_run_dir(run_dir, data=None, data_dir=None, pattern=None, text_featu
     Returns:
         The report of `evaluate_run`.
     """
+    if data is not None and eval_data is None and os.path.isdir(data):
+        eval_data = data  # A folder given for evaluation is held-out data as a whole.
     run = runs.read_run(run_dir)
     lm = runs.load_checkpoint(runs.run_model_path(run_dir))
     tokenizer = runs.load_tokenizer(run_dir)
