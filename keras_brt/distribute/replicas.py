@@ -11,6 +11,8 @@ that a checkpoint could lose. Only the TensorFlow backend has replica contexts;
 on others these helpers are inert and TensorFlow is never imported.
 """
 
+import contextlib
+
 import keras
 
 
@@ -92,12 +94,15 @@ def global_rows(value, context):
     return context.all_gather(value, axis=0)
 
 
-def strategy_scope(model):
-    """The distribution scope the model was created in (a no-op off TensorFlow)."""
-    import contextlib
-
-    strategy = getattr(model, "distribute_strategy", None)
+def strategy_scope(strategy):
+    """`strategy.scope()`, or a no-op context when `strategy` is None (re-exported as
+    `keras_brt.distribute.strategy_scope`; imports no TensorFlow)."""
     return strategy.scope() if strategy is not None else contextlib.nullcontext()
+
+
+def model_scope(model):
+    """The distribution scope the model was created in (a no-op off TensorFlow)."""
+    return strategy_scope(getattr(model, "distribute_strategy", None))
 
 
 def metrics_build_batch(model, iterator=None, data_batch=None):

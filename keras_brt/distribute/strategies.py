@@ -17,13 +17,14 @@ several hosts, set `TF_CONFIG` on each (see the README) and use
 `get_strategy("multi_worker")`.
 """
 
-import contextlib
 import json
 import os
 import socket
 import subprocess
 
 import tensorflow as tf
+
+from keras_brt.distribute.replicas import strategy_scope  # noqa: F401  (re-exported)
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 
@@ -110,11 +111,6 @@ def _tpu_strategy(tpu, timeout):
     tf.config.experimental_connect_to_cluster(resolver)
     tf.tpu.experimental.initialize_tpu_system(resolver)
     return tf.distribute.TPUStrategy(resolver)
-
-
-def strategy_scope(strategy):
-    """`strategy.scope()`, or a no-op context when `strategy` is None."""
-    return strategy.scope() if strategy is not None else contextlib.nullcontext()
 
 
 def per_replica_batch_size(global_batch_size, strategy):

@@ -153,7 +153,7 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
         if self._lanes is None:
             count = _lane_count(x, batch_size)
             if count is not None:
-                with replicas.strategy_scope(self):  # fit() may run before any build
+                with replicas.model_scope(self):  # fit() may run before any build
                     if not self.built:
                         self.build()
                     self._create_lanes(count)
@@ -163,7 +163,7 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
         # size), so unlock the variable tracker as Keras's own quantize() does.
         locked = self._tracker.locked
         self._tracker.unlock()
-        with replicas.strategy_scope(self):
+        with replicas.model_scope(self):
             self._lanes = {mode: lane_rows.create(self, self.backbone.state_shapes(batch_size), mode)
                            for mode in lane_rows.MODES}
         self.lane_batch_size = batch_size

@@ -11,6 +11,7 @@ import time
 
 import keras
 
+from keras_brt.distribute.replicas import strategy_scope
 from keras_brt.training import runs
 from keras_brt.training.callbacks import StepHistory
 from keras_brt.training.data_choice import describe_held_out, report_encoding, resolve_data
@@ -119,12 +120,6 @@ def check_resume(run, settings, output):
         )
 
 
-def _scope(strategy):
-    from keras_brt.distribute import strategy_scope
-
-    return strategy_scope(strategy)
-
-
 def train_run(output, *, data="stdlib", data_dir=None, pattern="*.txt", text_feature=None,
               encoding="utf-8", held_out_fraction=0.05, eval_data=None, preset="tiny_rec_fixed_skip",
               tokenizer="bytes", vocabulary_size=2048, steps=300, batch_size=8, segment_length=512,
@@ -230,7 +225,7 @@ def train_run(output, *, data="stdlib", data_dir=None, pattern="*.txt", text_fea
         check_resume(run, {**settings, "vocabulary_size": run.get("vocabulary_size")}, output)
         checkpoint = os.path.join(output, runs.CHECKPOINT)
         if os.path.exists(checkpoint):
-            with _scope(distribution):
+            with strategy_scope(distribution):
                 lm = runs.load_checkpoint(checkpoint)
     else:
         os.makedirs(output, exist_ok=True)
@@ -250,7 +245,7 @@ def train_run(output, *, data="stdlib", data_dir=None, pattern="*.txt", text_fea
         overrides = {"vocabulary_size": run["vocabulary_size"], "dtype": dtype_policy}
         if dropout is not None:
             overrides["dropout"] = dropout
-        with _scope(distribution):
+        with strategy_scope(distribution):
             lm = keras_brt.models.BlockRecurrentTransformerCausalLM.from_preset(preset, **overrides)
             lm.compile(
                 optimizer=make_optimizer(optimizer, steps, learning_rate, warmup_steps,
