@@ -21,22 +21,51 @@ def check_bias_init(arg, value):
         raise ValueError(f'`{arg}` must be a float or "chrono". Received: {arg}={value!r}')
 
 
+@keras.saving.register_keras_serializable(package="keras_brt")
+class ChronoInitializer(keras.initializers.Initializer):
+    """Chrono initialisation of a keep gate's bias (Tallec & Ollivier, 2018).
+
+    Draws `log(u) - offset` with u ~ U(1, max_blocks - 1) per feature, so that
+    `sigmoid(bias + offset) = u / (1 + u)`: the features start with memories
+    spread from 2 to `max_blocks` blocks (a time constant of about 1 + u) instead
+    of one memory length for all.
+
+    Args:
+        offset: float, the constant the gate adds to the bias before the sigmoid.
+        max_blocks: int, the longest initial memory in blocks.
+        seed: int or None, the seed of the draw (fixed at construction, so the
+            initializer also works while a JAX function is traced).
+
+    Example:
+
+    ```python
+    bias = ChronoInitializer(offset=1.0)((512,))
+    ```
+    """
+
+    def __init__(self, offset=0.0, max_blocks=CHRONO_MAX_BLOCKS, seed=None):
+        self.offset = float(offset)
+        self.max_blocks = int(max_blocks)
+        self.seed = seed
+        self._uniform = keras.initializers.RandomUniform(1.0, self.max_blocks - 1.0, seed=seed)
+
+    def __call__(self, shape, dtype=None):
+        u = self._uniform(shape, dtype="float32")  # (D,)
+        return ops.cast(ops.log(u) - self.offset, dtype or "float32")
+
+    def get_config(self):
+        return {"offset": self.offset, "max_blocks": self.max_blocks, "seed": self.seed}
+
+
 def keep_bias_initializer(bias_init, offset=0.0):
     """The initializer of a keep (forget) gate's bias, whose gate is `sigmoid(bias + offset)`.
 
-    A float: N(bias_init, 0.1). `"chrono"` (Tallec & Ollivier, 2018, "Can recurrent neural
-    networks warp time?"): `log(u) - offset` with u ~ U(1, CHRONO_MAX_BLOCKS - 1) per
-    feature, so the features start with memories spread from 2 to 64 blocks (a time
-    constant of about 1 + u blocks) instead of one memory length for all.
+    A float: N(bias_init, 0.1). `"chrono"`: `ChronoInitializer(offset)`, memories spread
+    from 2 to `CHRONO_MAX_BLOCKS` blocks.
     """
     if bias_init != "chrono":
         return keras.initializers.RandomNormal(mean=float(bias_init), stddev=0.1)
-
-    def chrono(shape, dtype=None):
-        u = keras.random.uniform(shape, 1.0, CHRONO_MAX_BLOCKS - 1.0, dtype="float32")
-        return ops.cast(ops.log(u) - offset, dtype or "float32")
-
-    return chrono
+    return ChronoInitializer(offset)
 
 
 @keras.saving.register_keras_serializable(package="keras_brt")
