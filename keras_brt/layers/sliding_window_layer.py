@@ -54,12 +54,22 @@ class SlidingWindowTransformerLayer(keras.layers.Layer):
         attention_scale_init: float. Initial per-head logit scale (1.0 in
             meliad, which relies on Adafactor to grow it; larger values train
             faster with Adam).
+        reads_state: bool. The paper's feedback variant: the tokens also read a
+            recurrent layer's state (cross-attention with its own query
+            projection and scale, concatenated with the window's result before
+            the output projection, as the recurrent layer's tokens do). The call
+            then takes the state's `state_keys`/`state_values`.
+        state_attention_scale_init: float. Initial logit scale of that read.
         **kwargs: base layer arguments such as `name` and `dtype`.
 
     Call arguments:
         inputs: `(B, T, D)` with T a multiple of W.
         prev_keys: `(B, W, H, K)` normalised keys of the previous block.
         prev_values: `(B, W, H, K)` values of the previous block.
+        state_keys, state_values: `(B, S, H, K)` the keys and values of the
+            state the tokens read (`BlockRecurrentCell.state_keys_values`); only
+            with `reads_state=True`, where every token of the call reads this one
+            state (the backbone calls such a layer one block at a time).
         training: bool, enables dropout.
 
     Returns:
@@ -87,6 +97,8 @@ class SlidingWindowTransformerLayer(keras.layers.Layer):
         relative_position_buckets=32,
         relative_position_max_distance=128,
         attention_scale_init=1.0,
+        reads_state=False,
+        state_attention_scale_init=1.0,
         seed=None,
         **kwargs,
     ):
@@ -103,11 +115,14 @@ class SlidingWindowTransformerLayer(keras.layers.Layer):
         self.relative_position_buckets = relative_position_buckets
         self.relative_position_max_distance = relative_position_max_distance
         self.attention_scale_init = attention_scale_init
+        self.reads_state = bool(reads_state)
+        self.state_attention_scale_init = float(state_attention_scale_init)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed) if dropout > 0 else None
         self._window_mask = window_mask(block_size)
 
-    def build(self, inputs_shape, prev_keys_shape=None, prev_values_shape=None):
+    def build(self, inputs_shape, prev_keys_shape=None, prev_values_shape=None,
+              state_keys_shape=None, state_values_shape=None):
         if inputs_shape[-1] != self.hidden_dim:
             raise ValueError(
                 f"The last axis of `inputs` must be hidden_dim={self.hidden_dim}. "
@@ -117,7 +132,16 @@ class SlidingWindowTransformerLayer(keras.layers.Layer):
         self.norm = rms_norm("norm", self.dtype_policy)
         self.norm.build(inputs_shape)
         self.qkv_dense = dense(3 * heads, "qkv_dense", self.dtype_policy, self.hidden_dim)
-        self.output_dense = dense(self.hidden_dim, "output_dense", self.dtype_policy, heads)
+        reads = 2 if self.reads_state else 1  # the window's heads, then the state's
+        self.output_dense = dense(self.hidden_dim, "output_dense", self.dtype_policy, reads * heads)
+        if self.reads_state:
+            self.state_query_dense = dense(heads, "state_query_dense", self.dtype_policy,
+                                           self.hidden_dim)
+            self.state_scale = self.add_weight(
+                shape=(self.num_heads,),
+                initializer=keras.initializers.Constant(self.state_attention_scale_init),
+                name="state_scale",
+            )
         self.relative_position = RelativePositionBias(
             self.num_heads,
             num_buckets=self.relative_position_buckets,
@@ -159,7 +183,9 @@ class SlidingWindowTransformerLayer(keras.layers.Layer):
         ones = ops.ones((self.num_heads, w, 2 * w), "float32")
         return keras.random.dropout(ones, self.dropout, seed=self.seed_generator)
 
-    def call(self, inputs, prev_keys, prev_values, training=False):
+    def call(self, inputs, prev_keys, prev_values, state_keys=None, state_values=None,
+             training=False):
+        self._check_state(state_keys, state_values)
         w, h, k = self.block_size, self.num_heads, self.head_dim
         batch, length = ops.shape(inputs)[0], inputs.shape[1]
         if length is not None and length % w:
@@ -186,22 +212,52 @@ class SlidingWindowTransformerLayer(keras.layers.Layer):
             dropout_mask=self.attention_dropout_mask(training),
         )  # (B*N, W, H, K)
         attended = ops.reshape(attended, (batch, -1, h * k))  # (B, T, H*K)
+        attended = self._read_state(x, attended, state_keys, state_values)  # (B, T, {1,2}·H*K)
         return self._residual(inputs, attended, training), keys[:, -1], values[:, -1]
+
+    def _check_state(self, state_keys, state_values):
+        if self.reads_state and (state_keys is None or state_values is None):
+            raise ValueError(
+                f"Layer {self.name!r} has reads_state=True: pass the state's `state_keys` and "
+                f"`state_values`. Received: state_keys={type(state_keys).__name__}, "
+                f"state_values={type(state_values).__name__}"
+            )
+        if not self.reads_state and state_keys is not None:
+            raise ValueError(
+                f"Layer {self.name!r} has reads_state=False and takes no `state_keys`. "
+                f"Received: state_keys.shape={tuple(state_keys.shape)}"
+            )
+
+    def _read_state(self, x, attended, state_keys, state_values):
+        """Feedback: every token also reads the state (no mask, no bias); the result is
+        concatenated after the window's heads. Returns `attended` unchanged otherwise."""
+        if not self.reads_state:
+            return attended
+        h, k = self.num_heads, self.head_dim
+        batch, length = ops.shape(x)[0], ops.shape(x)[1]
+        queries = ops.reshape(self.state_query_dense(x), (batch, length, h, k))  # (B, T, H, K)
+        read = attend(l2_normalize(queries), state_keys, state_values, self.state_scale)  # (B, T, H, K)
+        read = ops.reshape(read, (batch, length, h * k))  # (B, T, H*K)
+        return ops.concatenate([attended, read], axis=-1)  # (B, T, 2·H*K)
 
     def _residual(self, inputs, attended, training=False):
         outputs = inputs + self.output_dense(attended)  # (B, T, D)
         return outputs + self.feed_forward(outputs, training=training)  # (B, T, D)
 
-    def decode(self, inputs, index, prev_keys, prev_values, keys, values):
+    def decode(self, inputs, index, prev_keys, prev_values, keys, values,
+               state_keys=None, state_values=None):
         """One token per row `(B, 1, D)` at block position `index` (a scalar),
         reading the previous block's and the current block's cached keys/values
-        `(B, W, H, K)`; as `BlockRecurrentCell.decode`, without a state.
+        `(B, W, H, K)` (and, with `reads_state`, the state's keys/values); as
+        `BlockRecurrentCell.decode`, without a state of its own.
 
         Returns `(outputs (B, 1, D), keys, values)`, the token's key and value
         written at `index`; equal to the block call's output at that position.
         """
+        self._check_state(state_keys, state_values)
         w, h, k = self.block_size, self.num_heads, self.head_dim
-        q, key, value = split_heads(self.qkv_dense(self.norm(inputs)), 3, h, k)  # 3 × (B, 1, H, K)
+        x = self.norm(inputs)  # (B, 1, D)
+        q, key, value = split_heads(self.qkv_dense(x), 3, h, k)  # 3 × (B, 1, H, K)
         q, key = l2_normalize(q), l2_normalize(key)
         keys, values, window_keys, window_values, mask = extend_window(
             prev_keys, prev_values, keys, values, key, value, index
@@ -215,9 +271,11 @@ class SlidingWindowTransformerLayer(keras.layers.Layer):
             mask=mask,
         )  # (B, 1, H, K)
         attended = ops.reshape(attended, (ops.shape(inputs)[0], 1, h * k))  # (B, 1, H*K)
+        attended = self._read_state(x, attended, state_keys, state_values)  # (B, 1, {1,2}·H*K)
         return self._residual(inputs, attended), keys, values
 
-    def compute_output_shape(self, inputs_shape, prev_keys_shape=None, prev_values_shape=None):
+    def compute_output_shape(self, inputs_shape, prev_keys_shape=None, prev_values_shape=None,
+                             state_keys_shape=None, state_values_shape=None):
         cache = (inputs_shape[0], self.block_size, self.num_heads, self.head_dim)
         return inputs_shape, cache, cache
 
@@ -234,6 +292,8 @@ class SlidingWindowTransformerLayer(keras.layers.Layer):
                 "relative_position_buckets": self.relative_position_buckets,
                 "relative_position_max_distance": self.relative_position_max_distance,
                 "attention_scale_init": self.attention_scale_init,
+                "reads_state": self.reads_state,
+                "state_attention_scale_init": self.state_attention_scale_init,
                 "seed": self.seed,
             }
         )

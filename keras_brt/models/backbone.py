@@ -8,6 +8,7 @@ from keras_brt.layers.block_recurrent_cell import (
     STATE_MLPS,
     BlockRecurrentCell,
     check_scale_init,
+    key_count_scale,
 )
 from keras_brt.layers.block_recurrent_rnn import BlockRecurrentRNN
 from keras_brt.layers.common import (
@@ -86,6 +87,12 @@ class BlockRecurrentTransformerBackbone(keras.Model):
             paper's 0.0 at 0.5, which forgets too fast for the state to learn;
             `"chrono"` spreads the memories from 2 to 64 blocks. See
             `BlockRecurrentCell`.
+        feedback: bool. The paper's "Feedback" variant (default False): every
+            other layer also reads the recurrent layer's state, so the state is
+            used, and receives gradient, in every layer. The whole stack then runs
+            one block at a time (each layer on block t before block t + 1), which
+            needs a sequence length known when tracing and costs step time (the
+            paper measured +35-40%). Needs exactly one recurrent layer.
         **kwargs: base model arguments such as `name` and `dtype`.
 
     Call arguments:
@@ -134,6 +141,7 @@ class BlockRecurrentTransformerBackbone(keras.Model):
         attention_scale_init=1.0,
         state_attention_scale_init="auto",
         gate_bias_init=2.0,
+        feedback=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -168,6 +176,12 @@ class BlockRecurrentTransformerBackbone(keras.Model):
                 "`recurrent_layers` names the same layer twice. "
                 f"Received: recurrent_layers={recurrent_layers!r} (num_layers={num_layers})"
             )
+        if feedback and len(resolved) != 1:
+            raise ValueError(
+                "`feedback=True` needs exactly one recurrent layer (the state every layer "
+                f"reads). Received: recurrent_layers={recurrent_layers!r}"
+            )
+        self.feedback = bool(feedback)
         self.vocabulary_size = vocabulary_size
         self.num_layers = num_layers
         self.hidden_dim = hidden_dim
@@ -236,7 +250,12 @@ class BlockRecurrentTransformerBackbone(keras.Model):
                     name=f"recurrent_layer_{i}",
                 )
             else:
-                layer = SlidingWindowTransformerLayer(name=f"transformer_layer_{i}", **common)
+                layer = SlidingWindowTransformerLayer(
+                    name=f"transformer_layer_{i}",
+                    reads_state=self.feedback,
+                    state_attention_scale_init=self._state_read_scale(),
+                    **common,
+                )
             layer.build(hidden_shape)
             self.transformer_layers.append(layer)
         self.final_norm = rms_norm("final_norm", dtype)
@@ -263,6 +282,14 @@ class BlockRecurrentTransformerBackbone(keras.Model):
                 state[entry(i, "state")] = values[0]
             state[entry(i, "keys")], state[entry(i, "values")] = values[1], values[2]
         return state
+
+    def _state_read_scale(self):
+        """The initial scale of a token reading the S states, as the recurrent cell's."""
+        if self.state_attention_scale_init == "auto":
+            return key_count_scale(self.num_state_vectors)
+        if self.state_attention_scale_init is None:
+            return self.attention_scale_init
+        return self.state_attention_scale_init
 
     def _is_recurrent(self, index):
         return self.state_layout.is_recurrent(index)
@@ -371,6 +398,19 @@ class BlockRecurrentTransformerBackbone(keras.Model):
             ops.logical_and(token_ids >= 0, token_ids < self.vocabulary_size), axis=1
         )  # (B,)
         x = self.token_embedding(token_ids)  # (B, T, D)
+        if self.feedback:
+            x, new_state = self._feedback_stack(x, state, keep, training)
+        else:
+            x, new_state = self._layer_stack(x, state, keep, training)
+        x = self.final_dropout(self.final_norm(x), training=training)  # (B, T, D)
+        x = ops.where(in_vocab[:, None, None], x, ops.cast(float("nan"), x.dtype))
+        if not isinstance(pad, int) or pad:
+            x = x[:, :length]
+        return x, new_state
+
+    def _layer_stack(self, x, state, keep, training):
+        """Layer by layer, each over the whole call: the recurrent layers loop over the
+        blocks, the others compute every block at once."""
         new_state = {}
         for i, layer in enumerate(self.transformer_layers):
             if keep is not None:
@@ -384,11 +424,41 @@ class BlockRecurrentTransformerBackbone(keras.Model):
             else:
                 x, keys, values = layer(x, keys, values, training=training)
             new_state[entry(i, "keys")], new_state[entry(i, "values")] = keys, values
-        x = self.final_dropout(self.final_norm(x), training=training)  # (B, T, D)
-        x = ops.where(in_vocab[:, None, None], x, ops.cast(float("nan"), x.dtype))
-        if not isinstance(pad, int) or pad:
-            x = x[:, :length]
         return x, new_state
+
+    def _feedback_stack(self, x, state, keep, training):
+        """Block by block, every layer on block t before block t + 1: each layer reads the
+        state S_t the recurrent layer carries into block t, which it then updates to S_t+1."""
+        w, length = self.block_size, x.shape[1]
+        if length is None:
+            raise ValueError(
+                "`feedback=True` runs the stack one block at a time and needs a sequence length "
+                f"known when tracing. Received: token_ids.shape={tuple(x.shape[:2])}"
+            )
+        r = self.recurrent_layer_indices[0]
+        new_state = dict(state)
+        outputs = []
+        for start in range(0, length, w):
+            h = x[:, start:start + w]  # (B, W, D)
+            vectors = new_state[entry(r, "state")]  # (B, S, D): S_t, read by every layer
+            state_keys, state_values = self.transformer_layers[r].cell.state_keys_values(
+                ops.cast(vectors, self.compute_dtype)
+            )  # 2 × (B, S, H, K)
+            for i, layer in enumerate(self.transformer_layers):
+                if keep is not None:
+                    h = h * keep[:, start:start + w]  # Null tokens: zero keys and values.
+                keys, values = new_state[entry(i, "keys")], new_state[entry(i, "values")]
+                if i == r:
+                    h, vectors, keys, values = layer(
+                        h, initial_state=[vectors, keys, values], training=training
+                    )  # (B, W, D), (B, S, D), 2 × (B, W, H, K)
+                    new_state[entry(i, "state")] = vectors
+                else:
+                    h, keys, values = layer(h, keys, values, state_keys, state_values,
+                                            training=training)  # (B, W, D), 2 × (B, W, H, K)
+                new_state[entry(i, "keys")], new_state[entry(i, "values")] = keys, values
+            outputs.append(h)
+        return ops.concatenate(outputs, axis=1), new_state  # (B, T, D)
 
     # === Decoding: one token at a time ===
 
@@ -436,6 +506,11 @@ class BlockRecurrentTransformerBackbone(keras.Model):
                     x, index, cache[entry(i, "state")], cache[entry(i, "state_keys")],
                     cache[entry(i, "state_values")], *window,
                 )  # (B, 1, D), 2 × (B, W, H, K)
+            elif self.feedback:  # the state this block reads, as in call
+                r = self.recurrent_layer_indices[0]
+                x, keys, values = layer.decode(
+                    x, index, *window, cache[entry(r, "state_keys")], cache[entry(r, "state_values")]
+                )  # (B, 1, D), 2 × (B, W, H, K)
             else:
                 x, keys, values = layer.decode(x, index, *window)  # (B, 1, D), 2 × (B, W, H, K)
             new[entry(i, "keys")], new[entry(i, "values")] = keys, values
@@ -480,7 +555,8 @@ class BlockRecurrentTransformerBackbone(keras.Model):
         config = dict(get_preset(preset)["config"])
         unknown = set(overrides) - set(config) - {
             "relative_position_buckets", "relative_position_max_distance",
-            "attention_scale_init", "state_attention_scale_init", "gate_bias_init", "name", "dtype",
+            "attention_scale_init", "state_attention_scale_init", "gate_bias_init", "feedback",
+            "name", "dtype",
         }
         if unknown:
             raise ValueError(
@@ -512,6 +588,7 @@ class BlockRecurrentTransformerBackbone(keras.Model):
             "attention_scale_init": self.attention_scale_init,
             "state_attention_scale_init": self.state_attention_scale_init,
             "gate_bias_init": self.gate_bias_init,
+            "feedback": self.feedback,
         }
 
     @classmethod

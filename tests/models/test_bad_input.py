@@ -23,6 +23,8 @@ Backbone = keras_brt.models.BlockRecurrentTransformerBackbone
         ({"recurrent_layers": (-4,)}, r"recurrent_layers=\(-4,\)"),
         ({"recurrent_layers": (1, -2)}, r"same layer twice"),
         ({"recurrent_layers": 1}, r"recurrent_layers=1"),
+        ({"recurrent_layers": (0, 2), "feedback": True}, r"feedback=True.*recurrent_layers=\(0, 2\)"),
+        ({"recurrent_layers": (), "feedback": True}, r"feedback=True.*recurrent_layers=\(\)"),
         ({"gate": "gru"}, r"gate='gru'"),
         ({"state_mlp": "triple"}, r"state_mlp='triple'"),
         ({"state_attention_scale_init": "big"}, r"state_attention_scale_init='big'"),

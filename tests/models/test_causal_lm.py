@@ -11,9 +11,10 @@ def _logits(lm, ids, state=None, **kwargs):
     return np.asarray(logits), new_state
 
 
-@pytest.mark.parametrize("position", [0, 2, 5, 13])
-def test_changing_a_token_never_changes_earlier_logits(position):
-    lm = make_lm()
+@pytest.mark.parametrize("position,config", [(0, {}), (2, {}), (5, {}), (13, {}),
+                                             (5, {"feedback": True})])
+def test_changing_a_token_never_changes_earlier_logits(position, config):
+    lm = make_lm(**config)
     ids = token_ids(batch=1)
     base, _ = _logits(lm, ids)
     changed = ids.copy()
@@ -68,9 +69,36 @@ def test_only_the_recurrence_carries_block_zero_beyond_the_stacked_windows():
             assert beyond == 0.0, "a model without recurrence saw beyond its windows"
 
 
-@pytest.mark.parametrize("split", [W, 2 * W, 5 * W])
-def test_chunked_calls_equal_one_call(split):
-    lm = make_lm()
+def test_feedback_lets_the_layers_below_read_the_state():
+    """Feedback: the other layers read the recurrent layer's state. With the recurrent layer
+    last and its own tokens' read of the state cut (the state half of its output projection
+    zeroed), block 0 reaches beyond the stacked windows only through the lower layers' reads
+    of the state: with feedback it does, without feedback never."""
+    ids = token_ids(batch=1, length=8 * W)
+    changed = ids.copy()
+    changed[0, W - 1] = (changed[0, W - 1] + 1) % V
+    reach = (W - 1) + 3 * W
+    for feedback in (False, True):
+        lm = make_lm(recurrent_layers=(2,), feedback=feedback)
+        lm.build()
+        cell = lm.backbone.transformer_layers[2].cell
+        hk = cell.num_heads * cell.head_dim
+        kernel = np.array(cell.token_output_dense.kernel)
+        kernel[hk:] = 0.0  # rows read by the heads of the tokens' state attention
+        cell.token_output_dense.kernel.assign(kernel)
+        base, _ = _logits(lm, ids)
+        out, _ = _logits(lm, changed)
+        beyond = np.abs(out[:, reach + 1:] - base[:, reach + 1:]).max()
+        if feedback:
+            assert beyond > 1e-4, "with feedback the lower layers did not read the state"
+        else:
+            assert beyond == 0.0, "without feedback only the recurrent layer reads the state"
+
+
+@pytest.mark.parametrize("split,config", [(W, {}), (2 * W, {}), (5 * W, {}),
+                                          (2 * W, {"feedback": True})])
+def test_chunked_calls_equal_one_call(split, config):
+    lm = make_lm(**config)
     ids = token_ids(length=6 * W + 3)
     whole, whole_state = _logits(lm, ids)
     first, state = _logits(lm, ids[:, :split])

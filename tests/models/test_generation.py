@@ -21,7 +21,7 @@ def lm():
 
 
 @pytest.mark.parametrize("config", [{}, {"gate": "lstm", "state_mlp": "dual"}, {"state_mlp": "single"},
-                                    {"recurrent_layers": ()}])
+                                    {"recurrent_layers": ()}, {"feedback": True}])
 def test_decoding_one_token_at_a_time_equals_the_block_call(config):
     lm = make_lm(**config)
     lm.build()

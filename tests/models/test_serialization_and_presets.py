@@ -30,8 +30,9 @@ def test_config_round_trip_through_json(gate, state_mlp):
     assert revived.backbone.recurrent_layer_indices == (0, 2)
 
 
-def test_keras_file_round_trip_gives_identical_outputs(tmp_path):
-    lm = make_lm(gate="lstm", state_mlp="single")
+@pytest.mark.parametrize("config", [{"gate": "lstm", "state_mlp": "single"}, {"feedback": True}])
+def test_keras_file_round_trip_gives_identical_outputs(tmp_path, config):
+    lm = make_lm(**config)
     ids = token_ids(length=3 * W)
     lm.build({"token_ids": ids.shape})
     path = str(tmp_path / "lm.keras")
