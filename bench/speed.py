@@ -62,6 +62,7 @@ def variants(size):
         ("Rec:fixed:skip", dict(recurrent_layers=(s["recurrent_index"],)), t, b),
         ("Rec/cell-loop", dict(recurrent_layers=(s["recurrent_index"],), parallel_token_path=False), t, b),
         ("Rec/looped", dict(recurrent_layers=(s["recurrent_index"],), unroll=False), t, b),
+        ("Feedback:fixed:skip", dict(recurrent_layers=(s["recurrent_index"],), feedback=True), t, b),
         (f"Slide:{layers}", dict(recurrent_layers=()), t, b),
         (f"Slide:{layers + 1}", dict(recurrent_layers=(), num_layers=layers + 1), t, b),
     ]
