@@ -3,6 +3,7 @@
 from keras_brt.layers.block_recurrent_cell import BlockRecurrentCell
 from keras_brt.layers.block_recurrent_rnn import BlockRecurrentRNN
 from keras_brt.layers.common import FeedForward
+from keras_brt.layers.flat_block_cell import FlatBlockRecurrentCell
 from keras_brt.layers.gates import FixedGate, LSTMGate
 from keras_brt.layers.relative_position import RelativePositionBias
 from keras_brt.layers.sliding_window_layer import SlidingWindowTransformerLayer
@@ -12,6 +13,7 @@ __all__ = [
     "BlockRecurrentRNN",
     "FeedForward",
     "FixedGate",
+    "FlatBlockRecurrentCell",
     "LSTMGate",
     "RelativePositionBias",
     "SlidingWindowTransformerLayer",

@@ -107,7 +107,7 @@ def test_block_outputs_are_causal_and_the_state_carries_block_zero():
 
 
 class BlockModel(keras.Model):
-    """A subclassed model around plain keras.layers.RNN (Functional use needs BlockRecurrentRNN)."""
+    """A subclassed model around plain keras.layers.RNN (Functional use: FlatBlockRecurrentCell)."""
 
     def __init__(self):
         super().__init__()
