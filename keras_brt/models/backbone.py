@@ -34,6 +34,9 @@ def concrete_value(x):
         return None
 
 
+# The Dense layers `enable_lora` targets by default: every attention's fused Q/K/V projection.
+LORA_TARGETS = ("qkv_dense", "token_qkv_dense", "state_qkv_dense", "state_query_dense")
+
 # Recurrent layers unroll their loop over blocks for calls of at most this many
 # blocks (static lengths): faster to run, one compiled copy of the step per block.
 UNROLL_MAX_BLOCKS = 16
@@ -262,6 +265,52 @@ class BlockRecurrentTransformerBackbone(keras.Model):
         self.final_norm.build(hidden_shape)
         self.final_dropout = keras.layers.Dropout(self.dropout, dtype=dtype, name="final_dropout")
         self.built = True
+
+    # === Tied output embeddings, LoRA ===
+
+    def output_embeddings(self, dtype=None):
+        """The `(V, D)` embedding matrix the tied output layer reads, in `dtype`: the
+        float matrix (with its LoRA update, if enabled), or the dequantized one after
+        `quantize("int8")` (int8 values divided by their per-row scales, as the
+        embedding lookup does)."""
+        layer = self.token_embedding
+        dtype = dtype or self.compute_dtype
+        mode = layer.quantization_mode
+        if mode is None:
+            return ops.cast(layer.embeddings, dtype)  # (V, D)
+        if mode == "int8" and not layer.lora_enabled:
+            scale = ops.cast(layer.embeddings_scale, dtype)  # (V,)
+            return ops.cast(layer.embeddings, dtype) / scale[:, None]  # (V, D)
+        raise ValueError(
+            "The tied output layer supports float or int8 token embeddings without LoRA. "
+            f"Received: quantization_mode={mode!r}, lora_enabled={layer.lora_enabled}"
+        )
+
+    def enable_lora(self, rank, target_layer_names=None):
+        """Freezes every weight, then adds trainable rank-`rank` LoRA factors to the
+        Dense layers named in `target_layer_names`, as KerasHub's `Backbone.enable_lora`.
+
+        Args:
+            rank: int, the rank of the LoRA update.
+            target_layer_names: names of Dense layers; default `LORA_TARGETS`, the
+                attention's fused query/key/value projections of every layer (and,
+                with feedback, their queries of the state).
+        """
+        check_positive_int("rank", rank)
+        self.build()
+        names = LORA_TARGETS if target_layer_names is None else tuple(target_layer_names)
+        layers = list(self._flatten_layers(include_self=False))
+        targets = [layer for layer in layers if layer.name in names and hasattr(layer, "enable_lora")]
+        if not targets:
+            raise ValueError(
+                "`target_layer_names` names no Dense layer of this backbone. Received: "
+                f"target_layer_names={target_layer_names!r}"
+            )
+        for layer in layers:
+            layer.trainable = False
+        for layer in targets:
+            layer.trainable = True
+            layer.enable_lora(rank)
 
     # === Carried state ===
 

@@ -295,7 +295,7 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
 
     def compute_logits(self, hidden):
         """Tied-embedding logits `(B, T, V)` in float32, divided by √D."""
-        embeddings = ops.cast(self.backbone.token_embedding.embeddings, hidden.dtype)
+        embeddings = self.backbone.output_embeddings(hidden.dtype)  # (V, D)
         logits = ops.matmul(hidden, ops.transpose(embeddings))  # (B, T, V)
         return ops.cast(logits, "float32") / math.sqrt(self.backbone.hidden_dim)
 
