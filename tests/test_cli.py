@@ -51,7 +51,8 @@ def trained_run(corpus, tmp_path_factory):
 def test_train_writes_a_complete_run_and_evaluate_reports_json(trained_run, capsys):
     out, printed = trained_run
     for name in ("run.json", "tokenizer.json", "checkpoint.keras", "model.keras", "evaluation.json",
-                 "loss_by_position.png", "history.csv"):
+                 "loss_by_position.png", "history.csv", "preset/config.json",
+                 "preset/model.weights.h5", "preset/tokenizer.json", "preset/metadata.json"):
         assert os.path.exists(os.path.join(out, name)), name
     assert os.listdir(os.path.join(out, "logs"))  # TensorBoard event files
     with open(os.path.join(out, "loss_by_position.png"), "rb") as f:
@@ -272,6 +273,9 @@ def test_generate_continues_a_prompt_reproducibly(trained_run, capsys):
     assert first.startswith("alpha = ")
     assert cli.main(argv) == 0
     assert capsys.readouterr().out == first  # seeded
+    # The run's preset folder (model and tokenizer) continues the prompt identically.
+    assert cli.main(["generate", os.path.join(run_dir, "preset"), *argv[2:]]) == 0
+    assert capsys.readouterr().out == first
     assert cli.main(argv[:4] + ["--sampler", "greedy", "--strip-prompt", "--max-length", "16"]) == 0
     greedy = capsys.readouterr().out[:-1]  # print's newline
     assert 0 < len(greedy.encode()) <= 16 - 9  # BOS + 8 prompt bytes: at most 7 new bytes

@@ -594,13 +594,26 @@ class BlockRecurrentTransformerBackbone(keras.Model):
     # === Presets and config ===
 
     @classmethod
-    def from_preset(cls, preset, **overrides):
-        """Builds a backbone from a named architecture preset (see `presets`).
+    def from_preset(cls, preset, load_weights=True, **overrides):
+        """Builds a backbone from a named architecture preset (see `presets`), or loads
+        the one saved by `save_to_preset` (of a backbone or a causal LM) in a folder.
 
         Args:
-            preset: a name from `BlockRecurrentTransformerBackbone.presets`.
-            **overrides: config values to change, e.g. `vocabulary_size=260`.
+            preset: a name from `BlockRecurrentTransformerBackbone.presets`, or a
+                preset folder.
+            load_weights: for a folder, whether to load its weights.
+            **overrides: config values to change, e.g. `vocabulary_size=260`
+                (named presets only).
         """
+        from keras_brt.models import preset_io
+
+        if preset_io.is_preset_folder(preset):
+            if overrides:
+                raise ValueError(
+                    "A saved preset folder takes no config overrides. "
+                    f"Received: overrides={sorted(overrides)}"
+                )
+            return preset_io.load_preset(cls, preset, load_weights)
         config = dict(get_preset(preset)["config"])
         unknown = set(overrides) - set(config) - {
             "relative_position_buckets", "relative_position_max_distance",
@@ -614,6 +627,13 @@ class BlockRecurrentTransformerBackbone(keras.Model):
             )
         config.update(overrides)
         return cls(**config)
+
+    def save_to_preset(self, preset_dir):
+        """Writes the backbone to the folder `preset_dir`: `config.json`,
+        `model.weights.h5` and `metadata.json` (KerasHub's preset layout)."""
+        from keras_brt.models import preset_io
+
+        preset_io.save_to_preset(self, self, preset_dir)
 
     def get_config(self):
         return {

@@ -13,6 +13,7 @@ from keras_brt.models.backbone import BlockRecurrentTransformerBackbone, concret
 from keras_brt.models.generation import Generator
 from keras_brt.models.input_checks import checked_inputs, reraising_out_of_vocabulary
 from keras_brt.models.losses import TokenCrossEntropy
+from keras_brt.models import preset_io
 
 
 def _lane_count(x, batch_size):
@@ -502,9 +503,33 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
     # === Presets and config ===
 
     @classmethod
-    def from_preset(cls, preset, **overrides):
-        """A causal LM on `BlockRecurrentTransformerBackbone.from_preset(preset, **overrides)`."""
+    def from_preset(cls, preset, load_weights=True, **overrides):
+        """A causal LM from a named architecture preset (untrained, on
+        `BlockRecurrentTransformerBackbone.from_preset(preset, **overrides)`), or the
+        model saved by `save_to_preset` in the folder `preset`: config, weights and
+        tokenizer (KerasHub's layout; `hf://` and `kaggle://` handles are not read).
+
+        Example:
+
+        ```python
+        lm.save_to_preset("my_model")
+        lm = keras_brt.models.BlockRecurrentTransformerCausalLM.from_preset("my_model")
+        ```
+        """
+        if preset_io.is_preset_folder(preset):
+            if overrides:
+                raise ValueError(
+                    "A saved preset folder takes no config overrides. "
+                    f"Received: overrides={sorted(overrides)}"
+                )
+            return preset_io.load_preset(cls, preset, load_weights)
         return cls(BlockRecurrentTransformerBackbone.from_preset(preset, **overrides))
+
+    def save_to_preset(self, preset_dir):
+        """Writes this model to the folder `preset_dir` in KerasHub's preset layout:
+        `config.json`, `model.weights.h5` (the backbone's weights; the training lanes are
+        not part of a preset), `metadata.json` and, with a tokenizer, `tokenizer.json`."""
+        preset_io.save_to_preset(self, self.backbone, preset_dir, self.generator.tokenizer)
 
     def get_config(self):
         return {

@@ -1,13 +1,33 @@
 """A run's model put to use: `generate_from_run` (text) and `export_run` (a SavedModel).
 
 Both use the run's final model, or its last checkpoint while it is still
-training, with the run's tokenizer. Errors name the `keras-brt generate` and
+training, with the run's tokenizer; or the model and tokenizer of a preset folder
+(`save_to_preset`, e.g. a run's `preset/`). Errors name the `keras-brt generate` and
 `keras-brt export` flags of the arguments.
 """
 
 import os
 
 from keras_brt.training import runs
+
+
+def _model_and_tokenizer(run_dir, need_tokenizer=True):
+    """The causal LM and tokenizer of a run directory or of a preset folder."""
+    from keras_brt.models import preset_io
+
+    if preset_io.is_preset_folder(run_dir):
+        from keras_brt.models import BlockRecurrentTransformerCausalLM
+
+        lm = BlockRecurrentTransformerCausalLM.from_preset(run_dir)
+        if need_tokenizer and lm.tokenizer is None:
+            raise ValueError(
+                f"The preset folder has no {preset_io.TOKENIZER_FILE}, so text cannot be "
+                f"tokenized. Received: {run_dir!r}"
+            )
+        return lm, lm.tokenizer
+    runs.read_run(run_dir)
+    lm = runs.load_checkpoint(runs.run_model_path(run_dir))
+    return lm, runs.load_tokenizer(run_dir) if need_tokenizer else None
 
 
 def _read_prompt_file(path, encoding):
@@ -31,7 +51,7 @@ def generate_from_run(run_dir, prompt=None, *, prompt_file=None, encoding="utf-8
     Every argument is checked before the model is loaded.
 
     Args:
-        run_dir: the run directory.
+        run_dir: the run directory, or a preset folder.
         prompt: the text to continue.
         prompt_file: a file to read the prompt from instead (any length).
         encoding: the text encoding of `prompt_file`.
@@ -58,9 +78,7 @@ def generate_from_run(run_dir, prompt=None, *, prompt_file=None, encoding="utf-8
         prompt = _read_prompt_file(prompt_file, encoding)
     if prompt is None:
         raise ValueError("Give --prompt TEXT or --prompt-file PATH. Received: neither")
-    runs.read_run(run_dir)
-    lm = runs.load_checkpoint(runs.run_model_path(run_dir))
-    tokenizer = runs.load_tokenizer(run_dir)
+    lm, tokenizer = _model_and_tokenizer(run_dir)
     options = {"temperature": temperature}
     if sampler == "top_k":
         options["k"] = top_k
@@ -80,7 +98,7 @@ def export_run(run_dir, out_dir, *, version=1, scores="logits", text_signature=T
     that serves it. See `keras_brt.export.export_saved_model`.
 
     Args:
-        run_dir: the run directory.
+        run_dir: the run directory, or a preset folder.
         out_dir: the model base path.
         version: the model version, the SavedModel's folder in `out_dir`.
         scores: `"logits"` or `"log_probs"`, what `serving_default` and `step` return.
@@ -93,9 +111,7 @@ def export_run(run_dir, out_dir, *, version=1, scores="logits", text_signature=T
     """
     from keras_brt.export import export_saved_model
 
-    runs.read_run(run_dir)
-    lm = runs.load_checkpoint(runs.run_model_path(run_dir))
-    tokenizer = runs.load_tokenizer(run_dir) if text_signature else None
+    lm, tokenizer = _model_and_tokenizer(run_dir, need_tokenizer=text_signature)
     target = export_saved_model(lm, out_dir, version=version, scores=scores,
                                 tokenizer=tokenizer, overwrite=overwrite)
     names = sorted(lm.backbone.state_shapes(None))

@@ -284,6 +284,8 @@ def train_run(output, *, data="stdlib", data_dir=None, pattern="*.txt", text_fea
         checkpoints.set_model(lm)
         checkpoints.save()
     lm.save(os.path.join(output, "model.keras"))
+    lm.generator.tokenizer = text_tokenizer
+    lm.save_to_preset(os.path.join(output, "preset"))  # the model to share: weights, tokenizer
     report_encoding(train_source, "training data")
     if not evaluation:
         print(f"run saved in {output} (held-out evaluation skipped: keras-brt evaluate {output})")
