@@ -232,6 +232,13 @@ def test_export_writes_a_servable_model_of_the_run(trained_run, tmp_path, capsys
     scored = signatures["score_text"](text=tf.constant([text]))
     bits = -expected[0, np.arange(ids.shape[1] - 1), ids[0, 1:]].mean() / np.log(2)
     assert float(scored["bits_per_token"][0]) == pytest.approx(bits, abs=1e-4)
+    # The run's preset folder exports the same model.
+    assert cli.main(["export", os.path.join(run_dir, "preset"), base, "--version", "2",
+                     "--scores", "log_probs"]) == 0
+    capsys.readouterr()
+    from_preset = tf.saved_model.load(os.path.join(base, "2")).signatures["serving_default"]
+    np.testing.assert_allclose(from_preset(token_ids=tf.constant(ids))["log_probs"].numpy(),
+                               served, atol=1e-5)
 
     assert cli.main(["export", run_dir, base]) == 2  # The version exists.
     assert "--overwrite" in capsys.readouterr().err
