@@ -608,12 +608,7 @@ class BlockRecurrentTransformerBackbone(keras.Model):
         from keras_brt.models import preset_io
 
         if preset_io.is_preset_folder(preset):
-            if overrides:
-                raise ValueError(
-                    "A saved preset folder takes no config overrides. "
-                    f"Received: overrides={sorted(overrides)}"
-                )
-            return preset_io.load_preset(cls, preset, load_weights)
+            return preset_io.load_preset(cls, preset, load_weights, overrides)
         config = dict(get_preset(preset)["config"])
         unknown = set(overrides) - set(config) - {
             "relative_position_buckets", "relative_position_max_distance",

@@ -517,12 +517,7 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
         ```
         """
         if preset_io.is_preset_folder(preset):
-            if overrides:
-                raise ValueError(
-                    "A saved preset folder takes no config overrides. "
-                    f"Received: overrides={sorted(overrides)}"
-                )
-            return preset_io.load_preset(cls, preset, load_weights)
+            return preset_io.load_preset(cls, preset, load_weights, overrides)
         return cls(BlockRecurrentTransformerBackbone.from_preset(preset, **overrides))
 
     def save_to_preset(self, preset_dir):

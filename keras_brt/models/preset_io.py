@@ -53,9 +53,15 @@ def save_to_preset(model, backbone, preset_dir, tokenizer=None):
     })
 
 
-def load_preset(cls, preset_dir, load_weights=True):
+def load_preset(cls, preset_dir, load_weights=True, overrides=None):
     """The model saved in `preset_dir`, an instance of `cls` (a causal LM folder also
-    gives its backbone to `BlockRecurrentTransformerBackbone.from_preset`)."""
+    gives its backbone to `BlockRecurrentTransformerBackbone.from_preset`). A saved
+    model's config is what it was trained with: `overrides` must be empty."""
+    if overrides:
+        raise ValueError(
+            "A saved preset folder takes no config overrides. "
+            f"Received: overrides={sorted(overrides)}"
+        )
     if not is_preset_folder(preset_dir):
         raise ValueError(
             f"`preset` must be a preset name or a folder with {CONFIG_FILE}. "

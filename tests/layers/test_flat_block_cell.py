@@ -62,8 +62,8 @@ def test_stacked_flat_cells_train_under_xla_and_round_trip(tmp_path):
     model = keras.Model(inputs, outputs)
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="mse", jit_compile=True)
     data = _blocks(batch=8)
-    history = model.fit(data, data, batch_size=4, epochs=6, verbose=0)
-    assert history.history["loss"][-1] < 0.8 * history.history["loss"][0]
+    history = model.fit(data, data, batch_size=8, epochs=4, verbose=0)
+    assert history.history["loss"][-1] < 0.9 * history.history["loss"][0]
     path = str(tmp_path / "flat.keras")
     model.save(path)
     reloaded = keras.saving.load_model(path)
@@ -77,7 +77,7 @@ def test_stacked_flat_cells_train_under_xla_and_round_trip(tmp_path):
     assert sequential.output_shape == (None, W * D)
     sequential.compile(optimizer=keras.optimizers.Adam(3e-3), loss="mse", jit_compile=True)
     target = data[:, -1].reshape(8, W * D)
-    history = sequential.fit(data.reshape(8, N, W * D), target, batch_size=4, epochs=6, verbose=0)
+    history = sequential.fit(data.reshape(8, N, W * D), target, batch_size=8, epochs=4, verbose=0)
     assert history.history["loss"][-1] < history.history["loss"][0]
 
 
