@@ -70,6 +70,16 @@ def key_count_scale(num_keys):
     return math.log2(num_keys * num_keys - num_keys) if num_keys > 1 else 1.0
 
 
+def initial_state_scale(state_attention_scale_init, attention_scale_init, num_keys):
+    """The initial logit scale of a state attention over `num_keys` keys: `"auto"` is
+    `key_count_scale(num_keys)`, None the shared `attention_scale_init`, a float itself."""
+    if state_attention_scale_init == "auto":
+        return key_count_scale(num_keys)
+    if state_attention_scale_init is None:
+        return attention_scale_init
+    return state_attention_scale_init
+
+
 def check_scale_init(arg, value):
     """Raises a `ValueError` naming `arg` unless `value` is "auto", None or a positive float."""
     if value in ("auto", None):
@@ -232,11 +242,8 @@ class BlockRecurrentCell(DropoutRNNCell, keras.layers.Layer):
             return dense(units, name, self.dtype_policy, input_dim, activation)
 
         def state_scale(num_keys):
-            if self.state_attention_scale_init == "auto":
-                return key_count_scale(num_keys)
-            if self.state_attention_scale_init is None:
-                return self.attention_scale_init
-            return self.state_attention_scale_init
+            return initial_state_scale(self.state_attention_scale_init,
+                                       self.attention_scale_init, num_keys)
 
         def scale(name, value=self.attention_scale_init):
             return self.add_weight(

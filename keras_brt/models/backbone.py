@@ -8,7 +8,7 @@ from keras_brt.layers.block_recurrent_cell import (
     STATE_MLPS,
     BlockRecurrentCell,
     check_scale_init,
-    key_count_scale,
+    initial_state_scale,
 )
 from keras_brt.layers.block_recurrent_rnn import BlockRecurrentRNN
 from keras_brt.layers.common import (
@@ -256,7 +256,9 @@ class BlockRecurrentTransformerBackbone(keras.Model):
                 layer = SlidingWindowTransformerLayer(
                     name=f"transformer_layer_{i}",
                     reads_state=self.feedback,
-                    state_attention_scale_init=self._state_read_scale(),
+                    state_attention_scale_init=initial_state_scale(  # as the cell's tokens
+                        self.state_attention_scale_init, self.attention_scale_init,
+                        self.num_state_vectors),
                     **common,
                 )
             layer.build(hidden_shape)
@@ -331,14 +333,6 @@ class BlockRecurrentTransformerBackbone(keras.Model):
                 state[entry(i, "state")] = values[0]
             state[entry(i, "keys")], state[entry(i, "values")] = values[1], values[2]
         return state
-
-    def _state_read_scale(self):
-        """The initial scale of a token reading the S states, as the recurrent cell's."""
-        if self.state_attention_scale_init == "auto":
-            return key_count_scale(self.num_state_vectors)
-        if self.state_attention_scale_init is None:
-            return self.attention_scale_init
-        return self.state_attention_scale_init
 
     def _is_recurrent(self, index):
         return self.state_layout.is_recurrent(index)
