@@ -62,9 +62,7 @@ class FlatBlockRecurrentCell(DropoutRNNCell, keras.layers.Layer):
                              (w, cell.num_heads, cell.head_dim))
         self.state_size = [s * d, cache, cache]
         self.output_size = w * d
-        self.dropout = cell.dropout
-        self.recurrent_dropout = 0.0
-        self.seed_generator = cell.seed_generator
+        self.recurrent_dropout = 0.0  # read by Keras's RNN; the wrapped cell draws its own masks
 
     def build(self, inputs_shape):
         if inputs_shape[-1] != self.output_size:
