@@ -1,12 +1,20 @@
 """keras_brt: the Block-Recurrent Transformer (Hutchins et al., 2022) for Keras 3."""
 
 import importlib
+import os
+import sys
 
-from keras_brt import layers, models
 from keras_brt.version import __version__
 
+# The `keras-brt` command (`keras_brt.cli`) imports Keras only once a command runs, so
+# that `--help` answers without importing TensorFlow and the command can hide
+# TensorFlow's native start-up log first. Everywhere else the layers and models are
+# imported now, which registers them for Keras's deserialization.
+if os.path.basename(sys.argv[0] if sys.argv else "") not in ("keras-brt", "keras-brt.exe"):
+    from keras_brt import layers, models  # noqa: F401
+
 # Loaded on first use, so that `import keras_brt` needs no TensorFlow under the JAX backend.
-_SUBMODULES = ("data", "training", "export", "distribute")
+_SUBMODULES = ("layers", "models", "data", "training", "export", "distribute")
 
 
 def __getattr__(name):

@@ -3,14 +3,18 @@
     keras-brt train                      # tiny model, built-in corpus, a few CPU minutes
     keras-brt train --data pg19 --data-dir ~/tensorflow_datasets --tokenizer sentencepiece
     keras-brt evaluate RUN_DIR [--json]  # held-out bits per token, state carried vs cleared
+    keras-brt evaluate RUN_DIR/preset --data DIR  # a preset folder, on a folder evaluated whole
     keras-brt generate RUN_DIR --prompt TEXT --max-length N
     keras-brt export RUN_DIR OUT_DIR     # SavedModel for TF Serving in OUT_DIR/1
 """
 
 import argparse
+import contextlib
 import json
 import os
+import re
 import sys
+import threading
 import warnings
 
 # Each command turns its arguments into keyword arguments of a function of keras_brt.training,
@@ -40,7 +44,8 @@ def evaluate(args):
         args.run_dir, data=args.data, data_dir=args.data_dir, pattern=args.pattern,
         text_feature=args.text_feature, encoding=args.encoding,
         held_out_fraction=args.held_out_fraction, eval_data=args.eval_data,
-        eval_documents=args.eval_documents, plot=args.plot,
+        eval_documents=args.eval_documents, plot=args.plot, batch_size=args.batch_size,
+        segment_length=args.segment_length,
     )
     if args.json:
         print(json.dumps(report))
@@ -123,7 +128,7 @@ def build_parser():
     p.set_defaults(func=train)
 
     p = commands.add_parser("evaluate", help="held-out bits per token of a trained run")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="a run directory, or a preset folder (then --data is needed)")
     p.add_argument("--data", default=None, help="a folder (evaluated whole: every matching file is held-out data), 'stdlib' or a TFDS name (its held-out split); default: the run's held-out data")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--pattern", default=None)
@@ -132,6 +137,10 @@ def build_parser():
     p.add_argument("--held-out-fraction", type=float, default=None, help="default: the run's")
     p.add_argument("--eval-data", default=None, help="a folder to evaluate on, whole")
     p.add_argument("--eval-documents", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="lanes (default: the run's; 8 for a preset folder)")
+    p.add_argument("--segment-length", type=int, default=None,
+                   help="tokens per lane per step (default: the run's; 4 blocks for a preset folder)")
     p.add_argument("--plot", default=None, help="PNG path (default: in RUN_DIR)")
     p.add_argument("--json", action="store_true", help="end with one line of JSON")
     p.set_defaults(func=evaluate)
@@ -162,7 +171,48 @@ def build_parser():
                    help="leave out score_text (strings in, through the run's tokenizer)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR/<version>")
     p.set_defaults(func=export)
+    for p in commands.choices.values():
+        p.add_argument("--verbose", action="store_true",
+                       help="show TensorFlow's and XLA's native log lines (hidden by default)")
     return parser
+
+
+# TensorFlow and XLA log from C++ straight to file descriptor 2, past Python and past
+# TF_CPP_MIN_LOG_LEVEL for their start-up lines: "I0000 00:00:... port.cc:153] ...", absl's
+# notice, and the CPU-feature notice's second line.
+NATIVE_LOG_LINE = re.compile(
+    r"([IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w.\-/]+:\d+\] "
+    r"|WARNING: All log messages before absl::InitializeLog\(\) is called"
+    r"|To enable the following instructions: .* rebuild TensorFlow)"
+)
+
+
+class NativeLogFilter:
+    """Within it, lines written to file descriptor 2 that are native TensorFlow / XLA
+    log lines are dropped; every other line (Python's warnings, errors and tracebacks)
+    is passed on."""
+
+    def __enter__(self):
+        sys.stderr.flush()
+        self.stderr = os.dup(2)
+        read, write = os.pipe()
+        os.dup2(write, 2)
+        os.close(write)
+        self.thread = threading.Thread(target=self._forward, args=(read,), daemon=True)
+        self.thread.start()
+        return self
+
+    def _forward(self, read):
+        with os.fdopen(read, "rb") as lines, os.fdopen(os.dup(self.stderr), "wb", 0) as out:
+            for line in lines:
+                if not NATIVE_LOG_LINE.match(line.decode("utf-8", "replace")):
+                    out.write(line)
+
+    def __exit__(self, *exc_info):
+        sys.stderr.flush()
+        os.dup2(self.stderr, 2)  # the pipe's last writer gone: the thread reads to its end
+        self.thread.join(timeout=10)
+        os.close(self.stderr)
 
 
 def _one_line_warning(message, category, filename, lineno, line=None):
@@ -170,13 +220,14 @@ def _one_line_warning(message, category, filename, lineno, line=None):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # no Keras yet: `--help` answers at once
     warnings.formatwarning = _one_line_warning
-    try:
-        args.func(args)
-    except (ValueError, FloatingPointError, OSError) as error:
-        print(f"keras-brt {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    with contextlib.nullcontext() if args.verbose else NativeLogFilter():
+        try:
+            args.func(args)
+        except (ValueError, FloatingPointError, OSError) as error:
+            print(f"keras-brt {args.command}: error: {error}", file=sys.stderr)
+            return 2
     return 0
 
 

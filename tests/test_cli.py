@@ -71,6 +71,29 @@ def test_train_writes_a_complete_run_and_evaluate_reports_json(trained_run, caps
 
 
 @pytest.mark.slow
+def test_evaluate_takes_the_runs_preset_folder_with_data(trained_run, corpus, capsys):
+    out, _ = trained_run
+    common = ["--data", corpus, "--eval-documents", "3", "--json"]
+    capsys.readouterr()
+    assert cli.main(["evaluate", out, *common, "--plot", os.path.join(out, "a.png")]) == 0
+    expected = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    preset = os.path.join(out, "preset")
+    assert cli.main(["evaluate", preset, *common, "--batch-size", "2", "--segment-length", "64",
+                     "--plot", os.path.join(out, "b.png")]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["tokens"] == expected["tokens"] > 0
+    assert report["bits_per_token"] == pytest.approx(expected["bits_per_token"], abs=1e-5)
+    assert report["bits_per_token_state_cleared"] == pytest.approx(
+        expected["bits_per_token_state_cleared"], abs=1e-5)
+    assert sorted(os.listdir(preset)) == ["config.json", "metadata.json", "model.weights.h5",
+                                          "tokenizer.json"]  # nothing written into the folder
+    assert cli.main(["evaluate", preset]) == 2
+    assert "give --data" in capsys.readouterr().err
+    assert cli.main(["evaluate", preset, "--data", corpus, "--segment-length", "0"]) == 2
+    assert "--segment-length=0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
 @tensorflow_pass_only
 def test_sentencepiece_runs_store_their_tokenizer(corpus, tmp_path, capsys):
     out = str(tmp_path / "run")
@@ -369,3 +392,40 @@ def test_a_small_folder_in_another_encoding_trains_and_is_evaluated_on_its_own_b
     printed = capsys.readouterr().out
     assert "held-out data: all 2 files" in printed
     assert json.loads(printed.strip().splitlines()[-1])["bytes"] == 600 + 120
+
+
+def _as_the_command(*argv):
+    """Runs `keras-brt ARGV` as its console script does (argv[0] is `keras-brt`), on the
+    TensorFlow backend, in a fresh process; prints which modules were imported."""
+    code = (
+        "import sys; sys.argv = ['keras-brt', *sys.argv[1:]]\n"
+        "from keras_brt.cli import main\n"
+        "try:\n    code = main()\nexcept SystemExit as e:\n    code = e.code\n"
+        "print('imported:', 'keras' in sys.modules, 'tensorflow' in sys.modules)\n"
+        "sys.exit(code)\n"
+    )
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+    return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+@jax_pass_only  # one subprocess pass is enough; it sets its own backend
+def test_help_imports_no_keras_and_native_log_lines_are_hidden_unless_verbose():
+    done = _as_the_command("--help")
+    assert done.returncode == 0 and "train" in done.stdout
+    assert "imported: False False" in done.stdout  # neither Keras nor TensorFlow
+
+    # What TensorFlow's import writes on this machine, straight to file descriptor 2.
+    native = subprocess.run([sys.executable, "-c", "import tensorflow"], capture_output=True,
+                            text=True, timeout=300).stderr.splitlines()
+    native = [line for line in native if cli.NATIVE_LOG_LINE.match(line)]
+    quiet = _as_the_command("evaluate", "/no/such/run")
+    assert quiet.returncode == 2 and "imported: True True" in quiet.stdout
+    assert quiet.stderr.splitlines() == [
+        "keras-brt evaluate: error: Not a keras-brt run directory (no run.json). "
+        "Received: run_dir='/no/such/run'"
+    ]
+    loud = _as_the_command("evaluate", "/no/such/run", "--verbose")
+    assert loud.returncode == 2 and "Not a keras-brt run directory" in loud.stderr
+    shown = [line for line in loud.stderr.splitlines() if cli.NATIVE_LOG_LINE.match(line)]
+    assert len(shown) >= len(native)  # what TensorFlow printed (none on some machines)

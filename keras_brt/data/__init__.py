@@ -1,4 +1,5 @@
-"""Data for long-document language modeling: sources, tokenizers, lane streaming,
+"""Data for long-document language modeling: sources, tokenizers, the causal LM's
+preprocessor (strings in), lane streaming,
 and the synthetic needle-recall task (`needles`).
 
 This subpackage uses TensorFlow (tf.data, tensorflow-text); the modeling code in
@@ -16,6 +17,7 @@ _WHERE = {
     "stdlib_source": "sources",
     "lane_batches": "streaming",
     "lane_dataset": "streaming",
+    "BlockRecurrentTransformerCausalLMPreprocessor": "preprocessing",
     "ByteTokenizer": "tokenizers",
     "SentencePieceTokenizer": "tokenizers",
     "train_sentencepiece": "tokenizers",
@@ -36,6 +38,7 @@ def __dir__():
 
 
 __all__ = [
+    "BlockRecurrentTransformerCausalLMPreprocessor",
     "ByteTokenizer",
     "FolderSource",
     "IterableSource",

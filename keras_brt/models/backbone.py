@@ -593,14 +593,16 @@ class BlockRecurrentTransformerBackbone(keras.Model):
         the one saved by `save_to_preset` (of a backbone or a causal LM) in a folder.
 
         Args:
-            preset: a name from `BlockRecurrentTransformerBackbone.presets`, or a
-                preset folder.
+            preset: a name from `BlockRecurrentTransformerBackbone.presets`, a
+                preset folder, or an `hf://` / `kaggle://` handle of one (see
+                `keras_brt.models.preset_io.local_preset`).
             load_weights: for a folder, whether to load its weights.
             **overrides: config values to change, e.g. `vocabulary_size=260`
                 (named presets only).
         """
         from keras_brt.models import preset_io
 
+        preset = preset_io.local_preset(preset)
         if preset_io.is_preset_folder(preset):
             return preset_io.load_preset(cls, preset, load_weights, overrides)
         config = dict(get_preset(preset)["config"])

@@ -1,5 +1,6 @@
 """Causal language model on the BRT backbone, with the carried state it trains on."""
 
+import importlib
 import math
 
 import keras
@@ -99,6 +100,10 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
         backbone: a `BlockRecurrentTransformerBackbone`.
         tokenizer: optional tokenizer for string prompts in `generate()` (not
             saved with the model; also `lm.generator.tokenizer`).
+        preprocessor: optional `keras_brt.data.BlockRecurrentTransformerCausalLMPreprocessor`
+            (KerasHub's role): `fit`, `evaluate` and `predict` then take strings,
+            each one sequence scored on its own, and its tokenizer is the default
+            of `generate()`. Saved with the model.
         **kwargs: base model arguments such as `name`.
 
     Example:
@@ -114,7 +119,7 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
     ```
     """
 
-    def __init__(self, backbone, tokenizer=None, **kwargs):
+    def __init__(self, backbone, tokenizer=None, preprocessor=None, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(backbone, BlockRecurrentTransformerBackbone):
             raise ValueError(
@@ -122,6 +127,9 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
                 f"Received: backbone={backbone!r}"
             )
         self.backbone = backbone
+        self.preprocessor = preprocessor
+        if tokenizer is None and preprocessor is not None:
+            tokenizer = preprocessor.tokenizer
         self._lanes = None  # {"train": {...}, "eval": {...}} once the batch is known.
         # A plain object, untracked by Keras: the default sampler and tokenizer, and the
         # compiled generate functions.
@@ -440,6 +448,9 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
                 "must not be shuffled; shuffle documents before cutting them into lanes. "
                 f"Received: shuffle={shuffle!r}"
             )
+        x, batch_size = self._strings_to_dataset(x, y, batch_size)
+        if "validation_data" in kwargs:
+            kwargs["validation_data"] = self._strings_to_dataset(kwargs["validation_data"])[0]
         self._ensure_lanes(x, batch_size)
         callbacks = kwargs.pop("callbacks", None) or []
         if not isinstance(callbacks, keras.callbacks.CallbackList):
@@ -453,6 +464,29 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
         with self._reraising():
             return super().fit(checked_inputs(x, self.backbone.vocabulary_size), y,
                                batch_size=batch_size, shuffle=False, callbacks=callbacks, **kwargs)
+
+    def _strings_to_dataset(self, x, y=None, batch_size=None):
+        """With a preprocessor, strings become its tf.data pipeline of `(x, y,
+        sample_weight)` batches (which uses up `batch_size`); anything else passes."""
+        if self.preprocessor is None or x is None:
+            return x, batch_size
+        from keras_brt.data import preprocessing  # TensorFlow, which the preprocessor needs
+
+        if not preprocessing.is_string_data(x):
+            return x, batch_size
+        if y is not None:
+            raise ValueError(
+                "With a preprocessor, strings are their own targets (the next tokens); "
+                f"do not pass `y`. Received: y of type {type(y).__name__}"
+            )
+        return preprocessing.string_dataset(self.preprocessor, x, batch_size), None
+
+    def _string_rows(self, x):
+        if self.preprocessor is None:
+            return None
+        from keras_brt.data import preprocessing
+
+        return preprocessing.string_count(x)
 
     def _reraising(self):
         return reraising_out_of_vocabulary(self.backbone.vocabulary_size)
@@ -485,7 +519,9 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
             self.optimizer.build(self.trainable_variables)
 
     def evaluate(self, x=None, y=None, batch_size=None, **kwargs):
-        """`keras.Model.evaluate` starting from fresh inference lanes."""
+        """`keras.Model.evaluate` starting from fresh inference lanes (strings too,
+        with a preprocessor)."""
+        x, batch_size = self._strings_to_dataset(x, y, batch_size)
         self._ensure_lanes(x, batch_size)
         self.reset_state("eval")
         with self._reraising():
@@ -493,12 +529,17 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
                                     batch_size=batch_size, **kwargs)
 
     def predict(self, x, batch_size=None, **kwargs):
-        """`keras.Model.predict` starting from fresh inference lanes."""
+        """`keras.Model.predict` starting from fresh inference lanes (strings too, with a
+        preprocessor: the logits of each string's padded sequence; a dataset of strings
+        also gives the rows that fill its short last batch)."""
+        rows = self._string_rows(x)  # in-memory strings: as many outputs as strings
+        x, batch_size = self._strings_to_dataset(x, None, batch_size)
         self._ensure_lanes(x, batch_size)
         self.reset_state("eval")
         with self._reraising():
-            return super().predict(checked_inputs(x, self.backbone.vocabulary_size),
-                                   batch_size=batch_size, **kwargs)
+            logits = super().predict(checked_inputs(x, self.backbone.vocabulary_size),
+                                     batch_size=batch_size, **kwargs)
+        return logits if rows is None else logits[:rows]
 
     # === Presets and config ===
 
@@ -506,8 +547,10 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
     def from_preset(cls, preset, load_weights=True, **overrides):
         """A causal LM from a named architecture preset (untrained, on
         `BlockRecurrentTransformerBackbone.from_preset(preset, **overrides)`), or the
-        model saved by `save_to_preset` in the folder `preset`: config, weights and
-        tokenizer (KerasHub's layout; `hf://` and `kaggle://` handles are not read).
+        model saved by `save_to_preset` in the folder `preset`: config, weights,
+        preprocessor and tokenizer (KerasHub's layout). An `hf://` or `kaggle://`
+        handle of such a folder is downloaded first (see
+        `keras_brt.models.preset_io.local_preset`).
 
         Example:
 
@@ -516,6 +559,7 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
         lm = keras_brt.models.BlockRecurrentTransformerCausalLM.from_preset("my_model")
         ```
         """
+        preset = preset_io.local_preset(preset)
         if preset_io.is_preset_folder(preset):
             return preset_io.load_preset(cls, preset, load_weights, overrides)
         return cls(BlockRecurrentTransformerBackbone.from_preset(preset, **overrides))
@@ -523,18 +567,25 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
     def save_to_preset(self, preset_dir):
         """Writes this model to the folder `preset_dir` in KerasHub's preset layout:
         `config.json`, `model.weights.h5` (the backbone's weights; the training lanes are
-        not part of a preset), `metadata.json` and, with a tokenizer, `tokenizer.json`."""
+        not part of a preset), `metadata.json` and, with a tokenizer, `tokenizer.json`
+        (a preprocessor is part of the model's config)."""
         preset_io.save_to_preset(self, self.backbone, preset_dir, self.generator.tokenizer)
 
     def get_config(self):
-        return {
+        config = {
             "name": self.name,
             "trainable": self.trainable,
             "backbone": keras.saving.serialize_keras_object(self.backbone),
         }
+        if self.preprocessor is not None:
+            config["preprocessor"] = keras.saving.serialize_keras_object(self.preprocessor)
+        return config
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
         config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        if config.get("preprocessor") is not None:
+            importlib.import_module("keras_brt.data.preprocessing")  # registers it (TensorFlow)
+            config["preprocessor"] = keras.saving.deserialize_keras_object(config["preprocessor"])
         return cls(**config)

@@ -22,6 +22,33 @@ METADATA_FILE = "metadata.json"
 TOKENIZER_FILE = "tokenizer.json"
 
 
+HANDLE_LOADERS = {"hf://": "huggingface_hub", "kaggle://": "kagglehub"}
+
+
+def local_preset(preset):
+    """A local folder for `preset`: the preset itself, or the downloaded copy of a
+    handle, as KerasHub reads them: `hf://OWNER/REPO` (Hugging Face Hub, through
+    `huggingface_hub.snapshot_download`) or `kaggle://OWNER/MODEL/keras/VARIATION[/VERSION]`
+    (Kaggle Models, through `kagglehub.model_download`). Neither package is a
+    dependency: install the one a handle needs. Anything else is returned unchanged."""
+    if not isinstance(preset, str):
+        return preset
+    for scheme, package in HANDLE_LOADERS.items():
+        if preset.startswith(scheme):
+            try:
+                loader = importlib.import_module(package)
+            except ImportError:
+                raise ValueError(
+                    f"A {scheme} handle is downloaded with `{package}`, which is not installed "
+                    f"(pip install {package.replace('_', '-')}). Received: preset={preset!r}"
+                ) from None
+            name = preset[len(scheme):]
+            if scheme == "hf://":
+                return loader.snapshot_download(repo_id=name)
+            return loader.model_download(name)
+    return preset
+
+
 def is_preset_folder(preset):
     """True when `preset` is a folder holding a saved preset's `config.json`."""
     return isinstance(preset, (str, os.PathLike)) and os.path.isfile(
@@ -85,7 +112,7 @@ def load_preset(cls, preset_dir, load_weights=True, overrides=None):
     if load_weights:
         backbone.build()
         backbone.load_weights(os.path.join(preset_dir, WEIGHTS_FILE))
-    if os.path.isfile(tokenizer_path) and hasattr(model, "generator"):
+    if os.path.isfile(tokenizer_path) and getattr(model, "tokenizer", False) is None:
         with open(tokenizer_path) as f:
             model.generator.tokenizer = keras.saving.deserialize_keras_object(json.load(f))
     return model

@@ -107,46 +107,72 @@ def print_report(report):
     )
 
 
+PRESET_BATCH_SIZE, PRESET_SEGMENT_BLOCKS = 8, 4
+
+
 def evaluate_run_dir(run_dir, data=None, data_dir=None, pattern=None, text_feature=None, encoding=None,
-                     held_out_fraction=None, eval_data=None, eval_documents=8, plot=None):
-    """Evaluates a run's model on held-out data, by default the run's own.
+                     held_out_fraction=None, eval_data=None, eval_documents=8, plot=None,
+                     batch_size=None, segment_length=None):
+    """Evaluates a run's model, or a preset folder's, on held-out data.
 
     Uses the final model, or the last checkpoint of a run still training. The
     data arguments default to the run's settings (see `resolve_data`). A folder
     given as `data` is evaluated whole (every matching file is held-out data);
     `"stdlib"` or a TFDS name is evaluated on its held-out split, not on the
-    run's `eval_data`. Prints its progress and a summary.
+    run's `eval_data`. A preset folder (`save_to_preset`, e.g. a run's
+    `preset/`) has no run settings: it needs `data` or `eval_data`. Prints its
+    progress and a summary.
 
     Args:
-        run_dir: the run directory.
+        run_dir: the run directory, or a preset folder.
         data: `"stdlib"`, a folder (evaluated whole) or a TFDS name (default:
             the run's held-out data).
         data_dir: the TFDS data directory (default: the run's).
-        pattern: file-name pattern inside a folder (default: the run's).
+        pattern: file-name pattern inside a folder (default: the run's, else `*.txt`).
         text_feature: the TFDS text feature (default: the run's).
-        encoding: text encoding of the files (default: the run's).
-        held_out_fraction: share held out (default: the run's).
+        encoding: text encoding of the files (default: the run's, else UTF-8).
+        held_out_fraction: share held out (default: the run's, else 0.05).
         eval_data: a folder to evaluate on, whole.
         eval_documents: held-out documents to evaluate, each to its end (0: all).
         plot: the PNG of bits per token by position (default:
-            `evaluation_loss_by_position.png` in `run_dir`).
+            `evaluation_loss_by_position.png` in `run_dir`, or in the working
+            directory for a preset folder).
+        batch_size: lanes (default: the run's; 8 for a preset folder).
+        segment_length: tokens per lane per step, where the cleared evaluation
+            clears the state (default: the run's; 4 blocks for a preset folder).
 
     Returns:
         The report of `evaluate_run`.
     """
+    from keras_brt.models import preset_io
+    from keras_brt.training.run_models import load_model_and_tokenizer
+
     if data is not None and eval_data is None and os.path.isdir(data):
         eval_data = data  # A folder given for evaluation is held-out data as a whole.
-    run = runs.read_run(run_dir)
-    lm = runs.load_checkpoint(runs.run_model_path(run_dir))
-    tokenizer = runs.load_tokenizer(run_dir)
+    lm, tokenizer = load_model_and_tokenizer(run_dir)
+    if preset_io.is_preset_folder(run_dir):
+        if data is None and eval_data is None:
+            raise ValueError(
+                "A preset folder has no run settings, so no held-out data of its own: give "
+                f"--data (a folder, 'stdlib' or a TFDS name) or --eval-data. Received: {run_dir!r}"
+            )
+        run = {"data": data, "preset": os.path.basename(os.path.normpath(run_dir)),
+               "batch_size": PRESET_BATCH_SIZE,
+               "segment_length": PRESET_SEGMENT_BLOCKS * lm.backbone.block_size}
+        plot = plot or "evaluation_loss_by_position.png"
+    else:
+        run = runs.read_run(run_dir)
+    for name, value in (("batch-size", batch_size), ("segment-length", segment_length)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"`--{name}` must be a positive integer. Received: --{name}={value!r}")
     _, test_source = resolve_data(
         data or run["data"], data_dir or run.get("data_dir"), pattern or run.get("pattern", "*.txt"),
         text_feature or run.get("text_feature"), encoding or run.get("encoding", "utf-8"),
         held_out_fraction or run.get("held_out_fraction", 0.05),
         eval_data or (None if data else run.get("eval_data")))
     print(describe_held_out(test_source), flush=True)
-    report, results = evaluate_run(lm, tokenizer, test_source, run["batch_size"],
-                                   run["segment_length"], eval_documents)
+    report, results = evaluate_run(lm, tokenizer, test_source, batch_size or run["batch_size"],
+                                   segment_length or run["segment_length"], eval_documents)
     plot = plot or os.path.join(run_dir, "evaluation_loss_by_position.png")
     runs.plot_loss_by_position(results, plot, f"{run['preset']} on {test_source.name}")
     print_report(report)

@@ -1,4 +1,5 @@
-"""A run's model put to use: `generate_from_run` (text) and `export_run` (a SavedModel).
+"""A run's model put to use: `generate_from_run` (text) and `export_run` (a SavedModel),
+and `load_model_and_tokenizer`, which `keras-brt evaluate` shares.
 
 Both use the run's final model, or its last checkpoint while it is still
 training, with the run's tokenizer; or the model and tokenizer of a preset folder
@@ -11,8 +12,9 @@ import os
 from keras_brt.training import runs
 
 
-def _model_and_tokenizer(run_dir, need_tokenizer=True):
-    """The causal LM and tokenizer of a run directory or of a preset folder."""
+def load_model_and_tokenizer(run_dir, need_tokenizer=True):
+    """The causal LM and tokenizer of a run directory (its final model, or its last
+    checkpoint while it trains) or of a preset folder."""
     from keras_brt.models import preset_io
 
     if preset_io.is_preset_folder(run_dir):
@@ -78,7 +80,7 @@ def generate_from_run(run_dir, prompt=None, *, prompt_file=None, encoding="utf-8
         prompt = _read_prompt_file(prompt_file, encoding)
     if prompt is None:
         raise ValueError("Give --prompt TEXT or --prompt-file PATH. Received: neither")
-    lm, tokenizer = _model_and_tokenizer(run_dir)
+    lm, tokenizer = load_model_and_tokenizer(run_dir)
     options = {"temperature": temperature}
     if sampler == "top_k":
         options["k"] = top_k
@@ -111,7 +113,7 @@ def export_run(run_dir, out_dir, *, version=1, scores="logits", text_signature=T
     """
     from keras_brt.export import export_saved_model
 
-    lm, tokenizer = _model_and_tokenizer(run_dir, need_tokenizer=text_signature)
+    lm, tokenizer = load_model_and_tokenizer(run_dir, need_tokenizer=text_signature)
     target = export_saved_model(lm, out_dir, version=version, scores=scores,
                                 tokenizer=tokenizer, overwrite=overwrite)
     names = sorted(lm.backbone.state_shapes(None))
