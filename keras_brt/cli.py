@@ -34,6 +34,7 @@ def train(args):
         dropout=args.dropout, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
         eval_documents=args.eval_documents, evaluation=not args.no_evaluation, resume=args.resume,
         seed=args.seed, strategy=args.strategy, tpu=args.tpu, dtype_policy=args.dtype_policy,
+        distribution=args.distribution,
     )
 
 
@@ -123,6 +124,9 @@ def build_parser():
                    help="tf.distribute strategy (TensorFlow backend); mirrored splits the lanes over "
                         "this host's GPUs, tpu needs --tpu")
     p.add_argument("--tpu", default=None, help="TPU name or address ('local' on a Cloud TPU VM)")
+    p.add_argument("--distribution", default="none", choices=("none", "data_parallel"),
+                   help="keras.distribution (JAX backend): data_parallel splits the lanes over "
+                        "every device JAX sees, each keeping its rows' state")
     p.add_argument("--dtype-policy", default="float32",
                    help="Keras dtype policy, e.g. mixed_bfloat16 (float32 logits and loss)")
     p.set_defaults(func=train)
@@ -179,9 +183,9 @@ def build_parser():
 
 # TensorFlow and XLA log from C++ straight to file descriptor 2, past Python and past
 # TF_CPP_MIN_LOG_LEVEL for their start-up lines: "I0000 00:00:... port.cc:153] ...", absl's
-# notice, and the CPU-feature notice's second line.
+# notice, and the CPU-feature notice's second line. Errors (E, F) are always shown.
 NATIVE_LOG_LINE = re.compile(
-    r"([IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w.\-/]+:\d+\] "
+    r"([IW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w.\-/]+:\d+\] "
     r"|WARNING: All log messages before absl::InitializeLog\(\) is called"
     r"|To enable the following instructions: .* rebuild TensorFlow)"
 )

@@ -51,7 +51,8 @@ class ProgressLog(keras.callbacks.Callback):
             print(f"step {step}/{self.total} {metrics} ({rate:.2f} steps/s)", flush=True)
 
 
-def check_settings(batch_size, steps, segment_length, checkpoint_every, strategy, dtype_policy):
+def check_settings(batch_size, steps, segment_length, checkpoint_every, strategy, dtype_policy,
+                   distribution="none"):
     """Raises a `ValueError` for settings no run can start with (before anything is read)."""
     for flag, value, low in (("--batch-size", batch_size, 1), ("--steps", steps, 1),
                              ("--segment-length", segment_length, 1),
@@ -68,6 +69,15 @@ def check_settings(batch_size, steps, segment_length, checkpoint_every, strategy
         raise ValueError(
             "`--strategy` uses tf.distribute: run with KERAS_BACKEND=tensorflow. Received: "
             f"--strategy={strategy!r} with backend={keras.backend.backend()!r}"
+        )
+    if distribution not in ("none", "data_parallel"):
+        raise ValueError(f"`--distribution` must be none or data_parallel. Received: "
+                         f"--distribution={distribution!r}")
+    if distribution != "none" and keras.backend.backend() != "jax":
+        raise ValueError(
+            "`--distribution` uses keras.distribution: run with KERAS_BACKEND=jax (on TensorFlow, "
+            f"use --strategy). Received: --distribution={distribution!r} with "
+            f"backend={keras.backend.backend()!r}"
         )
     if dtype_policy not in DTYPE_POLICIES:
         raise ValueError(
@@ -120,12 +130,21 @@ def check_resume(run, settings, output):
         )
 
 
+def _data_parallel_note():
+    spread = keras.distribution.distribution()
+    if spread is None:
+        return ""
+    from keras_brt.distribute import jax_distribution
+
+    return f", keras.distribution data parallel over {jax_distribution.device_count(spread)} devices"
+
+
 def train_run(output, *, data="stdlib", data_dir=None, pattern="*.txt", text_feature=None,
               encoding="utf-8", held_out_fraction=0.05, eval_data=None, preset="tiny_rec_fixed_skip",
               tokenizer="bytes", vocabulary_size=2048, steps=300, batch_size=8, segment_length=512,
               optimizer="adamw", learning_rate=None, warmup_steps=None, clip_norm=1.0, dropout=None,
               checkpoint_every=100, log_every=25, eval_documents=8, evaluation=True, resume=False,
-              seed=0, strategy="none", tpu=None, dtype_policy="float32"):
+              seed=0, strategy="none", tpu=None, dtype_policy="float32", distribution="none"):
     """Trains a model in a run directory, then evaluates it on held-out data.
 
     Writes the run directory described in `keras_brt.training.runs`: the
@@ -170,6 +189,11 @@ def train_run(output, *, data="stdlib", data_dir=None, pattern="*.txt", text_fea
             `"multi_worker"`, which needs one process per host).
         tpu: TPU name or address, for `strategy="tpu"`.
         dtype_policy: `"float32"`, `"mixed_bfloat16"`, `"mixed_float16"` or `"bfloat16"`.
+        distribution: `"none"`, or `"data_parallel"` (JAX backend): the run
+            trains under `keras_brt.distribute.data_parallel()` over every device
+            JAX sees, each carrying its rows of the lanes; `batch_size` must be
+            a multiple of the device count. Not a resume setting: a run may
+            continue on another number of devices.
 
     Returns:
         The evaluation report (as in `evaluation.json`), or `None` with
@@ -178,19 +202,41 @@ def train_run(output, *, data="stdlib", data_dir=None, pattern="*.txt", text_fea
     import keras_brt
     from keras_brt.data import ByteTokenizer, SentencePieceTokenizer, lane_dataset, train_sentencepiece
 
-    check_settings(batch_size, steps, segment_length, checkpoint_every, strategy, dtype_policy)
+    check_settings(batch_size, steps, segment_length, checkpoint_every, strategy, dtype_policy,
+                   distribution)
+    if distribution != "none":
+        from keras_brt.distribute import jax_distribution
+
+        spread = jax_distribution.data_parallel()
+        devices = jax_distribution.device_count(spread)
+        if batch_size % devices:
+            raise ValueError(
+                f"`--batch-size` must be a multiple of the {devices} devices that "
+                f"--distribution={distribution} splits the lanes over. Received: "
+                f"--batch-size={batch_size}"
+            )
+        with spread.scope():  # the model, its lanes, fit and the evaluation, all under it
+            return train_run(
+                output, data=data, data_dir=data_dir, pattern=pattern, text_feature=text_feature,
+                encoding=encoding, held_out_fraction=held_out_fraction, eval_data=eval_data,
+                preset=preset, tokenizer=tokenizer, vocabulary_size=vocabulary_size, steps=steps,
+                batch_size=batch_size, segment_length=segment_length, optimizer=optimizer,
+                learning_rate=learning_rate, warmup_steps=warmup_steps, clip_norm=clip_norm,
+                dropout=dropout, checkpoint_every=checkpoint_every, log_every=log_every,
+                eval_documents=eval_documents, evaluation=evaluation, resume=resume, seed=seed,
+                dtype_policy=dtype_policy)
     resuming = check_output(output, resume)
     train_source, test_source = resolve_data(
         data, data_dir, pattern, text_feature, encoding, held_out_fraction, eval_data,
         held_out=evaluation)
     if test_source is not None:
         print(describe_held_out(test_source), flush=True)
-    distribution = None
+    tf_strategy = None
     if strategy != "none":
         from keras_brt import distribute
 
-        distribution = distribute.get_strategy(strategy, tpu=tpu)
-        distribute.per_replica_batch_size(batch_size, distribution)
+        tf_strategy = distribute.get_strategy(strategy, tpu=tpu)
+        distribute.per_replica_batch_size(batch_size, tf_strategy)
     preset_config = keras_brt.models.PRESETS.get(preset)
     if preset_config is None:
         raise ValueError(
@@ -225,7 +271,7 @@ def train_run(output, *, data="stdlib", data_dir=None, pattern="*.txt", text_fea
         check_resume(run, {**settings, "vocabulary_size": run.get("vocabulary_size")}, output)
         checkpoint = os.path.join(output, runs.CHECKPOINT)
         if os.path.exists(checkpoint):
-            with strategy_scope(distribution):
+            with strategy_scope(tf_strategy):
                 lm = runs.load_checkpoint(checkpoint)
     else:
         os.makedirs(output, exist_ok=True)
@@ -245,7 +291,7 @@ def train_run(output, *, data="stdlib", data_dir=None, pattern="*.txt", text_fea
         overrides = {"vocabulary_size": run["vocabulary_size"], "dtype": dtype_policy}
         if dropout is not None:
             overrides["dropout"] = dropout
-        with strategy_scope(distribution):
+        with strategy_scope(tf_strategy):
             lm = keras_brt.models.BlockRecurrentTransformerCausalLM.from_preset(preset, **overrides)
             lm.compile(
                 optimizer=make_optimizer(optimizer, steps, learning_rate, warmup_steps,
@@ -261,8 +307,9 @@ def train_run(output, *, data="stdlib", data_dir=None, pattern="*.txt", text_fea
         f"(backend {keras.backend.backend()}): step {start_step} of {steps}, "
         f"{batch_size} lanes x {segment_length} tokens, {tokenizer} tokenizer "
         f"({run['vocabulary_size']} ids), {dtype_policy}"
-        + ("" if distribution is None
-           else f", {type(distribution).__name__} x{distribution.num_replicas_in_sync}"),
+        + ("" if tf_strategy is None
+           else f", {type(tf_strategy).__name__} x{tf_strategy.num_replicas_in_sync}")
+        + _data_parallel_note(),
         flush=True,
     )
     if remaining > 0:
