@@ -199,6 +199,7 @@ def train_run(output, *, data="stdlib", data_dir=None, pattern="*.txt", text_fea
         The evaluation report (as in `evaluation.json`), or `None` with
         `evaluation=False`.
     """
+    arguments = dict(locals())  # first: exactly this call's arguments
     import keras_brt
     from keras_brt.data import ByteTokenizer, SentencePieceTokenizer, lane_dataset, train_sentencepiece
 
@@ -216,15 +217,7 @@ def train_run(output, *, data="stdlib", data_dir=None, pattern="*.txt", text_fea
                 f"--batch-size={batch_size}"
             )
         with spread.scope():  # the model, its lanes, fit and the evaluation, all under it
-            return train_run(
-                output, data=data, data_dir=data_dir, pattern=pattern, text_feature=text_feature,
-                encoding=encoding, held_out_fraction=held_out_fraction, eval_data=eval_data,
-                preset=preset, tokenizer=tokenizer, vocabulary_size=vocabulary_size, steps=steps,
-                batch_size=batch_size, segment_length=segment_length, optimizer=optimizer,
-                learning_rate=learning_rate, warmup_steps=warmup_steps, clip_norm=clip_norm,
-                dropout=dropout, checkpoint_every=checkpoint_every, log_every=log_every,
-                eval_documents=eval_documents, evaluation=evaluation, resume=resume, seed=seed,
-                dtype_policy=dtype_policy)
+            return train_run(**{**arguments, "distribution": "none"})
     resuming = check_output(output, resume)
     train_source, test_source = resolve_data(
         data, data_dir, pattern, text_feature, encoding, held_out_fraction, eval_data,
