@@ -58,8 +58,12 @@ def _entropy(logits):
 def attention_entropy(lm, token_ids):
     """Entropy fractions of the first recurrent layer's three state attentions on `token_ids`
     `(B, T)` from the initial state, and the fraction of the state's attention mass on the
-    window's current block."""
+    window's current block (nothing for a `feedback=True` model)."""
     backbone = lm.backbone
+    if backbone.feedback:
+        # The layers below the recurrent one read the state block by block there; this
+        # probe runs them on the whole input, so it does not measure Feedback models.
+        return {}
     index, cell = recurrent_cells(lm)[0]
     state = backbone.initial_state(token_ids.shape[0])
     x = backbone.token_embedding(token_ids)
