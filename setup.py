@@ -33,8 +33,10 @@ setup(
         "tensorboard>=2.19",  # TensorFlow 2.21 no longer installs it; the TensorBoard callback needs it
     ],
     extras_require={
-        # The suite runs on the TensorFlow and the JAX backends.
-        "test": ["pytest>=8", "pytest-xdist>=3", "jax[cpu]>=0.4.36"],
+        # `keras-brt serve`: TF Serving's REST protocol with KServe's Python model server.
+        "serve": ["kserve>=0.15"],
+        # The suite runs on the TensorFlow and the JAX backends, and serves over HTTP.
+        "test": ["pytest>=8", "pytest-xdist>=3", "jax[cpu]>=0.4.36", "kserve>=0.15"],
     },
     entry_points={"console_scripts": ["keras-brt=keras_brt.cli:main"]},
     classifiers=[

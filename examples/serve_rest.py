@@ -9,6 +9,8 @@
 
        docker run --rm -p 8501:8501 -v /tmp/brt:/models/brt -e MODEL_NAME=brt tensorflow/serving
        # or: tensorflow_model_server --rest_api_port=8501 --model_name=brt --model_base_path=/tmp/brt
+       # or, with pip only (KServe's Python server, the same REST protocol):
+       #     keras-brt serve /tmp/brt/1 --model-name brt --port 8501
 
 3. Stream a document:
 
@@ -44,11 +46,6 @@ def post(url, body):
         return json.load(response)["outputs"]
 
 
-def metadata(url):
-    with urllib.request.urlopen(f"{url}/metadata") as response:
-        return json.load(response)["metadata"]["signature_def"]["signature_def"]
-
-
 class LocalServer:
     """Answers REST bodies from a loaded SavedModel, as TF Serving would."""
 
@@ -65,13 +62,12 @@ class LocalServer:
                   for name, value in body["inputs"].items()}
         return {name: value.numpy().tolist() for name, value in function(**inputs).items()}
 
-    def block_size(self):
-        return int(self.signatures["step"].structured_input_signature[1]["layer_0_keys"].shape[1])
 
-
-def block_size_from_metadata(url):
-    keys = metadata(url)["step"]["inputs"]["layer_0_keys"]["tensor_shape"]["dim"]
-    return int(keys[1]["size"])
+def block_size_of(predict):
+    """The block size W, from the fresh state's keys `(batch, W, heads, head_dim)`: every
+    server answers this (TF Serving's `/metadata` is not part of KServe's protocol)."""
+    state = predict({"signature_name": "initial_state", "inputs": {"batch_size": 1}})
+    return len(state["layer_0_keys"][0])
 
 
 def log_softmax(logits):
@@ -130,12 +126,12 @@ def main():
         args.model_dir = export_tiny(args.export_tiny)
         print(f"exported a tiny random model to {args.model_dir}")
     if args.url:
-        predict, block_size = (lambda body: post(args.url, body)), block_size_from_metadata(args.url)
+        predict = lambda body: post(args.url, body)  # noqa: E731
     elif args.model_dir:
-        server = LocalServer(args.model_dir)
-        predict, block_size = server.predict, server.block_size()
+        predict = LocalServer(args.model_dir).predict
     else:
         parser.error("give --url, --model-dir or --export-tiny")
+    block_size = block_size_of(predict)
     if args.text_file:
         with open(args.text_file, encoding="utf-8") as f:
             text = f.read()

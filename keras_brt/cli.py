@@ -6,6 +6,7 @@
     keras-brt evaluate RUN_DIR/preset --data DIR  # a preset folder, on a folder evaluated whole
     keras-brt generate RUN_DIR --prompt TEXT --max-length N
     keras-brt export RUN_DIR OUT_DIR     # SavedModel for TF Serving in OUT_DIR/1
+    keras-brt serve OUT_DIR/1            # TF Serving's REST protocol, with KServe's server
 """
 
 import argparse
@@ -71,6 +72,20 @@ def export(args):
 
     return export_run(args.run_dir, args.out_dir, version=args.version, scores=args.scores,
                       text_signature=not args.no_text_signature, overwrite=args.overwrite)
+
+
+def serve(args):
+    if not os.path.isfile(os.path.join(args.saved_model, "saved_model.pb")):
+        raise ValueError("`SAVED_MODEL` must be a SavedModel folder (with saved_model.pb), e.g. "
+                         f"OUT_DIR/1 of keras-brt export. Received: {args.saved_model!r}")
+    try:
+        import kserve  # noqa: F401
+    except ImportError:
+        raise ValueError("`keras-brt serve` runs KServe's model server: pip install kserve "
+                         "(or keras-brt[serve]). Received: kserve is not installed") from None
+    from keras_brt.serving import serve as serve_model
+
+    serve_model(args.saved_model, args.model_name, args.port, args.max_body_bytes)
 
 
 # === Command line ===
@@ -175,6 +190,15 @@ def build_parser():
                    help="leave out score_text (strings in, through the run's tokenizer)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR/<version>")
     p.set_defaults(func=export)
+    p = commands.add_parser("serve", help="serve an exported SavedModel over TF Serving's REST "
+                                          "protocol (KServe's Python server)")
+    p.add_argument("saved_model", help="the SavedModel folder, e.g. OUT_DIR/1 of keras-brt export")
+    p.add_argument("--model-name", default="brt", help="served at /v1/models/NAME:predict")
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024,
+                   help="larger request bodies are refused with 413 (the state travels in them)")
+    p.set_defaults(func=serve)
+
     for p in commands.choices.values():
         p.add_argument("--verbose", action="store_true",
                        help="show TensorFlow's and XLA's native log lines (hidden by default)")

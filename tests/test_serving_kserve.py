@@ -1,0 +1,151 @@
+"""The exported SavedModel served over real HTTP on loopback by KServe's model server, which
+speaks TF Serving's REST protocol (`/v1/models/NAME:predict`): many clients at once, bad
+requests, and the REST example against it."""
+
+import concurrent.futures
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import keras
+import numpy as np
+import pytest
+
+from keras_brt.data import ByteTokenizer
+from tests.models.common import W, make_lm
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+V = 259
+STREAMS = 32
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                       reason="export traces the model with the TensorFlow backend"),
+]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def predict(url, body, raw=None):
+    """`(status, answer)` of one `:predict` request."""
+    data = raw if raw is not None else json.dumps(body).encode()
+    request = urllib.request.Request(f"{url}:predict", data, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from keras_brt.export import export_saved_model
+
+    keras.utils.set_random_seed(7)
+    lm = make_lm(vocabulary_size=V)
+    lm.build()
+    path = export_saved_model(lm, str(tmp_path_factory.mktemp("served") / "brt"),
+                              tokenizer=ByteTokenizer())
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("server") / "server.log", "w+")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "keras_brt.serving", path, "--model-name", "brt", "--port", str(port),
+         "--max-body-bytes", str(2 ** 20)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/v1/models/brt"
+    deadline = time.time() + 180
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if json.load(response).get("ready"):
+                    break
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        if process.poll() is not None or time.time() > deadline:
+            log.seek(0)
+            pytest.fail(f"the server did not start:\n{log.read()[-3000:]}")
+        time.sleep(0.5)
+    yield lm, url
+    process.terminate()
+    process.wait(timeout=30)
+    log.close()
+
+
+def stream(url, ids, chunk):
+    """One client: fresh state, then the document chunk by chunk with the returned state."""
+    status, answer = predict(url, {"signature_name": "initial_state", "inputs": {"batch_size": 1}})
+    assert status == 200, answer
+    state, logits = answer["outputs"], []
+    for start in range(0, len(ids), chunk):
+        status, answer = predict(url, {"signature_name": "step", "inputs": {
+            "token_ids": [ids[start:start + chunk].tolist()], **state}})
+        assert status == 200, answer
+        outputs = answer["outputs"]
+        logits.append(np.asarray(outputs.pop("logits"))[0])
+        state = outputs
+    return np.concatenate(logits)
+
+
+def test_32_concurrent_streams_each_equal_call_with_state_on_its_document(server):
+    lm, url = server
+    rng = np.random.default_rng(0)
+    documents = [rng.integers(3, V, W * int(rng.integers(3, 9)) + int(rng.integers(0, W)))
+                 .astype("int32") for _ in range(STREAMS)]
+    with concurrent.futures.ThreadPoolExecutor(STREAMS) as pool:
+        streamed = list(pool.map(lambda ids: stream(url, ids, 2 * W), documents))
+    for ids, logits in zip(documents, streamed):
+        expected = np.asarray(lm.call_with_state(ids[None])[0])[0]
+        np.testing.assert_allclose(logits, expected, atol=1e-4)
+
+
+def test_bad_requests_get_4xx_naming_the_field_and_the_server_keeps_serving(server):
+    _, url = server
+    status, answer = predict(url, {"signature_name": "initial_state", "inputs": {"batch_size": 2}})
+    state = answer["outputs"]
+    name = sorted(state)[0]
+    ids = [[5] * W, [6] * W]
+    wrong_width = {**state, name: np.zeros((2, W + 1) + np.shape(state[name])[2:]).tolist()}
+    cases = {
+        "token_ids": {"signature_name": "step", "inputs": {"token_ids": [5] * W, **state}},
+        "int32": {"signature_name": "step", "inputs": {"token_ids": [[1.5] * W] * 2, **state}},
+        f"vocabulary_size={V}": {"signature_name": "step",
+                                 "inputs": {"token_ids": [[V + 4] * W] * 2, **state}},
+        name: {"signature_name": "step", "inputs": {"token_ids": ids, **wrong_width}},
+        f"Missing: ['{name}']": {"signature_name": "step", "inputs": {
+            "token_ids": ids, **{k: v for k, v in state.items() if k != name}}},
+        "signature_name": {"signature_name": "nope", "inputs": {"token_ids": ids}},
+        "`inputs`": {"signature_name": "step"},
+        "batch size of token_ids": {"signature_name": "step",
+                                    "inputs": {"token_ids": ids[:1], **state}},
+    }
+    for expected, body in cases.items():
+        status, answer = predict(url, body)
+        assert 400 <= status < 500, (expected, status, answer)
+        assert expected in json.dumps(answer), (expected, answer)
+    big = json.dumps({"signature_name": "serving_default",
+                      "inputs": {"token_ids": [[7] * 700_000]}}).encode()  # about 2 MB
+    status, answer = predict(url, None, raw=big)
+    assert status == 413 and "at most 1048576" in json.dumps(answer), (status, answer)
+    status, answer = predict(url, {"signature_name": "serving_default",
+                                   "instances": [{"token_ids": [5] * W}, {"token_ids": [6] * W}]})
+    assert status == 200 and len(answer["predictions"]) == 2  # still serving, rows in and out
+
+
+def test_the_rest_example_streams_a_text_through_the_server(server):
+    _, url = server
+    run = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "examples", "serve_rest.py"), "--url", url,
+         "--text", "Block-Recurrent Transformers carry a state from block to block. "],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, "PYTHONPATH": ""})
+    assert run.returncode == 0, run.stderr[-3000:]
+    streamed, whole = (float(part.split(":")[-1]) for part in
+                       run.stdout.strip().splitlines()[-1].split(";"))
+    assert streamed == pytest.approx(whole, abs=1e-4)
