@@ -11,6 +11,7 @@
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -78,11 +79,9 @@ def serve(args):
     if not os.path.isfile(os.path.join(args.saved_model, "saved_model.pb")):
         raise ValueError("`SAVED_MODEL` must be a SavedModel folder (with saved_model.pb), e.g. "
                          f"OUT_DIR/1 of keras-brt export. Received: {args.saved_model!r}")
-    try:
-        import kserve  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("kserve") is None:
         raise ValueError("`keras-brt serve` runs KServe's model server: pip install kserve "
-                         "(or keras-brt[serve]). Received: kserve is not installed") from None
+                         "(or keras-brt[serve]). Received: kserve is not installed")
     from keras_brt.serving import serve as serve_model
 
     serve_model(args.saved_model, args.model_name, args.port, args.max_body_bytes)
