@@ -21,10 +21,11 @@ setup(
     packages=find_packages(include=["keras_brt", "keras_brt.*"]),
     python_requires=">=3.10",
     install_requires=[
-        # Versions that work together: tensorflow-text must match TF's minor version,
-        # and keras_brt's recurrent cell relies on Keras 3.15's RNN behaviour.
-        "tensorflow>=2.21,<2.22",
-        "tensorflow-text>=2.21,<2.22",
+        # Versions that work together: tensorflow-text must match TF's minor version (2.20,
+        # the newest with a TPU build, or 2.21), and keras_brt's recurrent cell relies on
+        # Keras 3.15's RNN behaviour.
+        "tensorflow>=2.20,<2.22",
+        "tensorflow-text>=2.20,<2.22",
         "keras>=3.15,<3.16",
         "tensorflow-datasets>=4.9",
         "numpy>=1.26",
