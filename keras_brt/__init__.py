@@ -10,7 +10,15 @@ from keras_brt.version import __version__
 # that `--help` answers without importing TensorFlow and the command can hide
 # TensorFlow's native start-up log first. Everywhere else the layers and models are
 # imported now, which registers them for Keras's deserialization.
-if os.path.basename(sys.argv[0] if sys.argv else "") not in ("keras-brt", "keras-brt.exe"):
+def _is_the_command():
+    """`keras-brt ...`, or `python -m keras_brt ...` (whose argv[0] is still "-m" here)."""
+    if os.path.basename(sys.argv[0] if sys.argv else "") in ("keras-brt", "keras-brt.exe"):
+        return True
+    argv = getattr(sys, "orig_argv", [])
+    return "-m" in argv and argv[argv.index("-m") + 1:argv.index("-m") + 2] == ["keras_brt"]
+
+
+if not _is_the_command():
     from keras_brt import layers, models  # noqa: F401
 
 # Loaded on first use, so that `import keras_brt` needs no TensorFlow under the JAX backend.

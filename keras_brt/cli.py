@@ -10,7 +10,7 @@
 """
 
 import argparse
-import contextlib
+import importlib
 import importlib.util
 import json
 import os
@@ -84,7 +84,8 @@ def serve(args):
                          "(or keras-brt[serve]). Received: kserve is not installed")
     from keras_brt.serving import serve as serve_model
 
-    serve_model(args.saved_model, args.model_name, args.port, args.max_body_bytes)
+    serve_model(args.saved_model, args.model_name, args.port,
+                **({} if args.max_body_bytes is None else {"max_body_bytes": args.max_body_bytes}))
 
 
 # === Command line ===
@@ -194,21 +195,23 @@ def build_parser():
     p.add_argument("saved_model", help="the SavedModel folder, e.g. OUT_DIR/1 of keras-brt export")
     p.add_argument("--model-name", default="brt", help="served at /v1/models/NAME:predict")
     p.add_argument("--port", type=int, default=8501)
-    p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024,
-                   help="larger request bodies are refused with 413 (the state travels in them)")
+    p.add_argument("--max-body-bytes", type=int, default=None,
+                   help="larger request bodies are refused with 413 after they are read (the "
+                        "state travels in them; default 4 MiB)")
     p.set_defaults(func=serve)
 
     for p in commands.choices.values():
         p.add_argument("--verbose", action="store_true",
-                       help="show TensorFlow's and XLA's native log lines (hidden by default)")
+                       help="show TensorFlow's and XLA's native start-up log lines (hidden by default)")
     return parser
 
 
 # TensorFlow and XLA log from C++ straight to file descriptor 2, past Python and past
 # TF_CPP_MIN_LOG_LEVEL for their start-up lines: "I0000 00:00:... port.cc:153] ...", absl's
-# notice, and the CPU-feature notice's second line. Errors (E, F) are always shown.
+# notice, the CPU-feature notice's second line, and "failed call to cuInit" (an E line) on a
+# machine without a GPU. Fatal (F) lines are always shown.
 NATIVE_LOG_LINE = re.compile(
-    r"([IW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w.\-/]+:\d+\] "
+    r"([IWE]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w.\-/]+:\d+\] "
     r"|WARNING: All log messages before absl::InitializeLog\(\) is called"
     r"|To enable the following instructions: .* rebuild TensorFlow)"
 )
@@ -216,12 +219,15 @@ NATIVE_LOG_LINE = re.compile(
 
 class NativeLogFilter:
     """Within it, lines written to file descriptor 2 that are native TensorFlow / XLA
-    log lines are dropped; every other line (Python's warnings, errors and tracebacks)
-    is passed on."""
+    log lines of the INFO, WARNING and ERROR levels are dropped; every other line (fatal
+    native lines, Python's warnings and errors) is passed on.
+    Used only around start-up (see `quiet_start_up`): a pipe read by a thread would lose
+    what a crashing process wrote last."""
 
     def __enter__(self):
         sys.stderr.flush()
         self.stderr = os.dup(2)
+        self.out = os.dup(self.stderr)
         read, write = os.pipe()
         os.dup2(write, 2)
         os.close(write)
@@ -230,16 +236,40 @@ class NativeLogFilter:
         return self
 
     def _forward(self, read):
-        with os.fdopen(read, "rb") as lines, os.fdopen(os.dup(self.stderr), "wb", 0) as out:
-            for line in lines:
-                if not NATIVE_LOG_LINE.match(line.decode("utf-8", "replace")):
-                    out.write(line)
+        pending = b""
+        while True:
+            chunk = os.read(read, 65536)
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop() if chunk else b""
+            for line in lines if chunk else lines + [pending]:
+                if line and not NATIVE_LOG_LINE.match(line.decode("utf-8", "replace")):
+                    try:
+                        os.write(self.out, line + b"\n")
+                    except OSError:
+                        pass  # stderr is gone; keep draining so that writers never block
+            if not chunk:
+                break
+        os.close(read)
 
     def __exit__(self, *exc_info):
         sys.stderr.flush()
         os.dup2(self.stderr, 2)  # the pipe's last writer gone: the thread reads to its end
         self.thread.join(timeout=10)
         os.close(self.stderr)
+        os.close(self.out)
+
+
+def quiet_start_up():
+    """Starts TensorFlow and the Keras backend with their native start-up lines hidden.
+    Later INFO lines logged through TensorFlow's own logging are off too
+    (`TF_CPP_MIN_LOG_LEVEL=1`, unless set); later warnings and errors are shown."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    with NativeLogFilter():
+        if importlib.util.find_spec("tensorflow") is not None:
+            importlib.import_module("tensorflow")
+        keras = importlib.import_module("keras")
+        keras.ops.convert_to_tensor(0)  # the backend's devices start here
+        importlib.import_module("keras_brt.models")  # and the classes are registered
 
 
 def _one_line_warning(message, category, filename, lineno, line=None):
@@ -249,12 +279,13 @@ def _one_line_warning(message, category, filename, lineno, line=None):
 def main(argv=None):
     args = build_parser().parse_args(argv)  # no Keras yet: `--help` answers at once
     warnings.formatwarning = _one_line_warning
-    with contextlib.nullcontext() if args.verbose else NativeLogFilter():
-        try:
-            args.func(args)
-        except (ValueError, FloatingPointError, OSError) as error:
-            print(f"keras-brt {args.command}: error: {error}", file=sys.stderr)
-            return 2
+    if not args.verbose:
+        quiet_start_up()
+    try:
+        args.func(args)
+    except (ValueError, FloatingPointError, OSError) as error:
+        print(f"keras-brt {args.command}: error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

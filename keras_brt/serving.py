@@ -17,9 +17,9 @@ Needs `pip install kserve` (the `serve` extra); TensorFlow runs the model, so th
 Keras backend does not matter here.
 """
 
-import argparse
 import asyncio
 import re
+import sys
 
 import numpy as np
 import tensorflow as tf
@@ -49,7 +49,15 @@ class SignatureRunner:
         self.max_body_bytes = max_body_bytes
 
     def check_size(self, content_length):
-        if content_length is not None and int(content_length) > self.max_body_bytes:
+        """Refuses a body over `max_body_bytes` by its Content-Length. KServe has read and
+        parsed the body by then: this bounds the work a request gets, not the reading;
+        put a limit in the proxy in front of the server too."""
+        if content_length is None:
+            return
+        if not str(content_length).isdigit():
+            raise RequestError(f"The Content-Length header must be a byte count. "
+                               f"Received: {content_length!r}")
+        if int(content_length) > self.max_body_bytes:
             raise RequestError(
                 f"The request body is {int(content_length)} bytes; this server takes at most "
                 f"{self.max_body_bytes} (--max-body-bytes).", status=413)
@@ -70,11 +78,18 @@ class SignatureRunner:
         values = body["instances"] if rows else body["inputs"]
         if rows:
             if not isinstance(values, list) or not values or not all(isinstance(v, dict) for v in values):
-                raise RequestError("`instances` must be a non-empty list of objects, one per row.")
-            values = {key: [row.get(key) for row in values] for key in values[0]}
+                raise RequestError("`instances` must be a non-empty list of objects, one per row. "
+                                   f"Received: {type(values).__name__}")
+            keys = sorted(values[0])
+            for index, row in enumerate(values):
+                if sorted(row) != keys:
+                    raise RequestError(f"Every row of `instances` must name the same inputs: row 0 "
+                                       f"names {keys}. Received: row {index} names {sorted(row)}")
+            values = {key: [row[key] for row in values] for key in keys}
         elif not isinstance(values, dict):
             if len(specs) != 1:
-                raise RequestError(f"`inputs` must be an object naming {sorted(specs)}.")
+                raise RequestError(f"`inputs` must be an object naming {sorted(specs)}. "
+                                   f"Received: {type(values).__name__}")
             values = {next(iter(specs)): values}
         missing, unknown = sorted(set(specs) - set(values)), sorted(set(values) - set(specs))
         if missing or unknown:
@@ -91,7 +106,8 @@ class SignatureRunner:
         except ValueError:
             array = None
         if array is None or array.dtype == object:
-            raise RequestError(f"Input {key!r} must be a rectangular array of numbers (or strings).")
+            raise RequestError(f"Input {key!r} must be a rectangular array of numbers (or strings). "
+                               "Received: lists of different lengths or mixed types")
         kind = array.dtype.kind
         if spec.dtype == tf.string:
             ok = kind in "US"
@@ -107,6 +123,10 @@ class SignatureRunner:
                 want is not None and want != got for want, got in zip(expected.as_list(), array.shape))):
             raise RequestError(f"Input {key!r} must have the shape {tuple(expected.as_list())} "
                                f"(None: any size). Received: {array.shape}")
+        if spec.dtype.is_integer and array.size and (
+                array.min() < spec.dtype.min or array.max() > spec.dtype.max):
+            raise RequestError(f"Input {key!r} must hold {spec.dtype.name} values. "
+                               f"Received: values from {array.min()} to {array.max()}")
         return tf.constant(array, dtype=spec.dtype)
 
     def predict(self, body):
@@ -122,6 +142,9 @@ class SignatureRunner:
             raise RequestError(f"Signature {name!r} refused its inputs: {message}") from None
         outputs = {key: value.numpy() for key, value in outputs.items()}
         if rows:
+            if any(np.ndim(value) == 0 for value in outputs.values()):
+                raise RequestError(f"Signature {name!r} answers with scalars, which have no rows; "
+                                   "send `inputs` instead. Received: `instances`")
             count = len(next(iter(outputs.values())))
             return {"predictions": [{key: _json(value[i]) for key, value in outputs.items()}
                                     for i in range(count)]}
@@ -171,15 +194,7 @@ def serve(model_dir, model_name="brt", port=8501, max_body_bytes=DEFAULT_MAX_BOD
     kserve.ModelServer(http_port=port, enable_grpc=False).start([model])
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model_dir", help="the SavedModel version folder, e.g. /tmp/brt/1")
-    parser.add_argument("--model-name", default="brt")
-    parser.add_argument("--port", type=int, default=8501)
-    parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
-    args = parser.parse_args(argv)
-    serve(args.model_dir, args.model_name, args.port, args.max_body_bytes)
+if __name__ == "__main__":  # `python -m keras_brt.serving DIR ...` is `keras-brt serve DIR ...`
+    from keras_brt import cli
 
-
-if __name__ == "__main__":
-    main()
+    sys.exit(cli.main(["serve", *sys.argv[1:]]))

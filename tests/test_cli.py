@@ -71,6 +71,7 @@ def test_train_writes_a_complete_run_and_evaluate_reports_json(trained_run, caps
 
 
 @pytest.mark.slow
+@jax_pass_only  # data handling and the CLI do not depend on the Keras backend here
 def test_evaluate_takes_the_runs_preset_folder_with_data(trained_run, corpus, capsys):
     out, _ = trained_run
     common = ["--data", corpus, "--eval-documents", "3", "--json"]
@@ -87,6 +88,11 @@ def test_evaluate_takes_the_runs_preset_folder_with_data(trained_run, corpus, ca
         expected["bits_per_token_state_cleared"], abs=1e-5)
     assert sorted(os.listdir(preset)) == ["config.json", "metadata.json", "model.weights.h5",
                                           "tokenizer.json"]  # nothing written into the folder
+    assert cli.main(["evaluate", preset, "--eval-data", corpus, "--eval-documents", "3", "--json",
+                     "--batch-size", "2", "--segment-length", "64",
+                     "--plot", os.path.join(out, "c.png")]) == 0  # a folder to evaluate, alone
+    alone = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert alone["bits_per_token"] == pytest.approx(expected["bits_per_token"], abs=1e-5)
     assert cli.main(["evaluate", preset]) == 2
     assert "give --data" in capsys.readouterr().err
     assert cli.main(["evaluate", preset, "--data", corpus, "--segment-length", "0"]) == 2
@@ -427,3 +433,33 @@ def test_help_imports_no_keras_and_native_log_lines_are_hidden_unless_verbose():
     # is shown, and is exactly what the quiet run left out.
     assert [line for line in loud.stderr.splitlines() if not cli.NATIVE_LOG_LINE.match(line)] \
         == quiet.stderr.splitlines()
+
+
+def test_the_filter_drops_native_info_and_warning_lines_and_passes_everything_else():
+    code = (
+        "import os, sys\n"
+        "sys.argv[0] = 'keras-brt'  # imports no Keras\n"
+        "from keras_brt.cli import NativeLogFilter\n"
+        "with NativeLogFilter():\n"
+        "    os.write(2, b'I0000 00:00:1796602488.355642    3150 port.cc:153] hidden\\n')\n"
+        "    os.write(2, b'kept, ')\n"
+        "    os.write(2, b'in two writes\\n')\n"
+        "    os.write(2, b'W0000 00:00:1796602488.403789    3150 cpu_feature_guard.cc:227] hidden\\n')\n"
+        "    os.write(2, b'E0000 00:00:1796602949.716460    4685 cuda_platform.cc:52] hidden\\n')\n"
+        "    os.write(2, b'F0000 00:00:1796602949.716460    4685 check.cc:1] shown\\n')\n"
+        "    print('a Python warning', file=sys.stderr)\n"
+        "print('after', file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    assert done.stderr.splitlines() == [
+        "kept, in two writes",
+        "F0000 00:00:1796602949.716460    4685 check.cc:1] shown",
+        "a Python warning",
+        "after",
+    ]
+
+
+def test_serve_refuses_a_folder_that_is_not_a_saved_model(tmp_path, capsys):
+    assert cli.main(["serve", str(tmp_path)]) == 2
+    assert "must be a SavedModel folder" in capsys.readouterr().err

@@ -61,22 +61,27 @@ def server(tmp_path_factory):
         [sys.executable, "-m", "keras_brt.serving", path, "--model-name", "brt", "--port", str(port),
          "--max-body-bytes", str(2 ** 20)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1/models/brt"
-    deadline = time.time() + 180
-    while True:
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    if json.load(response).get("ready"):
+                        break
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            if process.poll() is not None or time.time() > deadline:
+                log.seek(0)
+                pytest.fail(f"the server did not start:\n{log.read()[-3000:]}")
+            time.sleep(0.5)
+        yield lm, url
+    finally:
+        process.terminate()
         try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                if json.load(response).get("ready"):
-                    break
-        except (urllib.error.URLError, ConnectionError):
-            pass
-        if process.poll() is not None or time.time() > deadline:
-            log.seek(0)
-            pytest.fail(f"the server did not start:\n{log.read()[-3000:]}")
-        time.sleep(0.5)
-    yield lm, url
-    process.terminate()
-    process.wait(timeout=30)
-    log.close()
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
 
 
 def stream(url, ids, chunk):

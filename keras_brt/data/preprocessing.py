@@ -8,9 +8,13 @@ of a causal LM with a preprocessor do with strings. Like the tokenizers, it runs
 tf.data whatever the Keras backend.
 """
 
+import importlib
+
 import keras
 import numpy as np
 import tensorflow as tf
+
+importlib.import_module("keras_brt.data.tokenizers")  # registers them: a saved preprocessor names one
 
 
 @keras.saving.register_keras_serializable(package="keras_brt")
@@ -186,6 +190,9 @@ def _pad_rows(batch, rows):
     padding (weight 0, masked, starting a sequence) so that no row of data is dropped
     and the stateful model always sees its lanes' batch size."""
     def pad(tensor, value):
+        tf.debugging.assert_less_equal(
+            tf.shape(tensor)[0], rows,
+            message=f"a batch of strings has more rows than the model's {rows} lanes")
         short = rows - tf.shape(tensor)[0]
         paddings = [[0, short]] + [[0, 0]] * (tensor.shape.rank - 1)
         padded = tf.pad(tensor, paddings, constant_values=value)
@@ -200,42 +207,49 @@ def _pad_rows(batch, rows):
     return x, pad(y, 0), pad(weight, 0.0)
 
 
-def string_dataset(preprocessor, x, batch_size=None):
+def string_dataset(preprocessor, x, batch_size=None, rows=None):
     """The tf.data pipeline that feeds strings `x` to a stateful causal LM.
 
-    Lists and arrays of strings are batched by `batch_size` (default 32); a
-    dataset of strings keeps its own batches (an unbatched one is batched by
-    `batch_size`). A short last batch is filled with padding rows (weight 0),
-    since the model carries a fixed number of lanes: no string is dropped.
+    Lists and arrays of strings are batched by `rows` or `batch_size` (default
+    32); a dataset of strings keeps its own batches (an unbatched one is batched
+    likewise). Every batch is filled to `rows` rows (default: the first batch's)
+    with padding rows of weight 0, since the model carries a fixed number of
+    lanes: no string is dropped. (Keras's default loss reduction divides by every
+    position, padding rows included, so a filled batch reports a smaller `loss`;
+    the weighted metrics count real tokens only.)
 
     Args:
         preprocessor: a `BlockRecurrentTransformerCausalLMPreprocessor`.
         x: strings (see `is_string_data`).
         batch_size: rows per batch for unbatched strings.
+        rows: the model's lanes, when it has them.
 
     Returns:
         A `tf.data.Dataset` of `(x, y, sample_weight)` with a static batch size.
     """
     if isinstance(x, (str, bytes)):
         x = [x]
+    per_batch = rows or batch_size or 32
     if isinstance(x, tf.data.Dataset):
         dataset = x
         if dataset.element_spec.shape.rank == 0:
-            dataset = dataset.batch(batch_size or 32)
+            dataset = dataset.batch(per_batch)
         elif batch_size is not None:
             raise ValueError(
                 "A batched dataset sets its own batch size; do not pass `batch_size`. "
                 f"Received: batch_size={batch_size}"
             )
+        if rows is None:
+            rows = dataset.element_spec.shape[0]
+        if rows is None:  # The batch size of the first batch: every batch is filled to it.
+            first = next(iter(dataset.take(1)), None)
+            if first is None:
+                raise ValueError("The dataset of strings is empty. Received: an empty dataset")
+            rows = int(first.shape[0])
     else:
         strings = np.asarray(x, dtype=object).reshape(-1)
         dataset = tf.data.Dataset.from_tensor_slices(tf.constant(strings.tolist(), tf.string))
-        dataset = dataset.batch(batch_size or 32)
-    rows = dataset.element_spec.shape[0]
-    if rows is None:  # The batch size of the first batch: every batch is padded to it.
-        first = next(iter(dataset.take(1)), None)
-        if first is None:
-            raise ValueError("The dataset of strings is empty. Received: an empty dataset")
-        rows = int(first.shape[0])
+        dataset = dataset.batch(per_batch)
+        rows = rows or min(per_batch, len(strings))
     dataset = dataset.map(preprocessor, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.map(lambda *batch: _pad_rows(batch, rows)).prefetch(tf.data.AUTOTUNE)

@@ -126,6 +126,18 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
                 "`backbone` must be a BlockRecurrentTransformerBackbone. "
                 f"Received: backbone={backbone!r}"
             )
+        if preprocessor is not None and tokenizer is not None \
+                and tokenizer is not preprocessor.tokenizer:
+            raise ValueError(
+                "Give the tokenizer through the preprocessor (generate() and fit() must "
+                f"tokenize alike). Received: tokenizer={tokenizer!r} and a preprocessor "
+                f"with tokenizer={preprocessor.tokenizer!r}"
+            )
+        if preprocessor is not None and not preprocessor.add_start_token:
+            raise ValueError(
+                "generate() starts every prompt with a BOS, so the preprocessor must too. "
+                "Received: a preprocessor with add_start_token=False"
+            )
         self.backbone = backbone
         self.preprocessor = preprocessor
         if tokenizer is None and preprocessor is not None:
@@ -449,9 +461,9 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
                 f"Received: shuffle={shuffle!r}"
             )
         x, batch_size = self._strings_to_dataset(x, y, batch_size)
-        if "validation_data" in kwargs:
-            kwargs["validation_data"] = self._strings_to_dataset(kwargs["validation_data"])[0]
         self._ensure_lanes(x, batch_size)
+        if "validation_data" in kwargs:  # strings batched like the training lanes
+            kwargs["validation_data"] = self._strings_to_dataset(kwargs["validation_data"])[0]
         callbacks = kwargs.pop("callbacks", None) or []
         if not isinstance(callbacks, keras.callbacks.CallbackList):
             # First, so that no later callback (a checkpoint) sees a skipped step.
@@ -467,7 +479,8 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
 
     def _strings_to_dataset(self, x, y=None, batch_size=None):
         """With a preprocessor, strings become its tf.data pipeline of `(x, y,
-        sample_weight)` batches (which uses up `batch_size`); anything else passes."""
+        sample_weight)` batches (which uses up `batch_size`), of as many rows as the
+        model's lanes once they exist; anything else passes."""
         if self.preprocessor is None or x is None:
             return x, batch_size
         from keras_brt.data import preprocessing  # TensorFlow, which the preprocessor needs
@@ -479,7 +492,13 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
                 "With a preprocessor, strings are their own targets (the next tokens); "
                 f"do not pass `y`. Received: y of type {type(y).__name__}"
             )
-        return preprocessing.string_dataset(self.preprocessor, x, batch_size), None
+        rows = None if self._lanes is None else self.lane_batch_size
+        if rows is not None and batch_size not in (None, rows):
+            raise ValueError(
+                f"The model carries {rows} lanes, so strings go in batches of {rows} rows "
+                f"(short ones padded); leave out `batch_size`. Received: batch_size={batch_size}"
+            )
+        return preprocessing.string_dataset(self.preprocessor, x, batch_size, rows=rows), None
 
     def _string_rows(self, x):
         if self.preprocessor is None:

@@ -98,7 +98,7 @@ def load_preset(cls, preset_dir, load_weights=True, overrides=None):
         config = json.load(f)
     tokenizer_path = os.path.join(preset_dir, TOKENIZER_FILE)
     if os.path.isfile(tokenizer_path):
-        importlib.import_module("keras_brt.data")  # registers the tokenizers (imports TensorFlow)
+        importlib.import_module("keras_brt.data.tokenizers")  # registers them (imports TensorFlow)
     model = keras.saving.deserialize_keras_object(config)
     backbone = getattr(model, "backbone", model)
     if not isinstance(model, cls):

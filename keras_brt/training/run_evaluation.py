@@ -147,24 +147,25 @@ def evaluate_run_dir(run_dir, data=None, data_dir=None, pattern=None, text_featu
     from keras_brt.models import preset_io
     from keras_brt.training.run_models import load_model_and_tokenizer
 
+    for name, value in (("batch-size", batch_size), ("segment-length", segment_length)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"`--{name}` must be a positive integer. Received: --{name}={value!r}")
     if data is not None and eval_data is None and os.path.isdir(data):
         eval_data = data  # A folder given for evaluation is held-out data as a whole.
+    preset = preset_io.is_preset_folder(run_dir)
+    if preset and data is None and eval_data is None:
+        raise ValueError(
+            "A preset folder has no run settings, so no held-out data of its own: give "
+            f"--data (a folder, 'stdlib' or a TFDS name) or --eval-data. Received: {run_dir!r}"
+        )
     lm, tokenizer = load_model_and_tokenizer(run_dir)
-    if preset_io.is_preset_folder(run_dir):
-        if data is None and eval_data is None:
-            raise ValueError(
-                "A preset folder has no run settings, so no held-out data of its own: give "
-                f"--data (a folder, 'stdlib' or a TFDS name) or --eval-data. Received: {run_dir!r}"
-            )
-        run = {"data": data, "preset": os.path.basename(os.path.normpath(run_dir)),
+    if preset:
+        run = {"data": data or eval_data, "preset": os.path.basename(os.path.normpath(run_dir)),
                "batch_size": PRESET_BATCH_SIZE,
                "segment_length": PRESET_SEGMENT_BLOCKS * lm.backbone.block_size}
         plot = plot or "evaluation_loss_by_position.png"
     else:
         run = runs.read_run(run_dir)
-    for name, value in (("batch-size", batch_size), ("segment-length", segment_length)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"`--{name}` must be a positive integer. Received: --{name}={value!r}")
     _, test_source = resolve_data(
         data or run["data"], data_dir or run.get("data_dir"), pattern or run.get("pattern", "*.txt"),
         text_feature or run.get("text_feature"), encoding or run.get("encoding", "utf-8"),

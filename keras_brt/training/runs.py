@@ -91,7 +91,7 @@ def load_tokenizer(run_dir):
 
 def load_checkpoint(path):
     """Loads a `.keras` checkpoint; a damaged one is an error, never a fresh model."""
-    import keras_brt  # noqa: F401  (registers the classes)
+    import keras_brt.models  # noqa: F401  (registers the classes, also under the keras-brt command)
 
     try:
         return keras.saving.load_model(path)

@@ -2,6 +2,8 @@
 generate, `.keras` files and preset folders."""
 
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -10,9 +12,11 @@ import pytest
 import keras_brt
 from keras_brt.data import BlockRecurrentTransformerCausalLMPreprocessor, ByteTokenizer
 from keras_brt.models import preset_io
+from tests.conftest import jax_pass_only
 from tests.models.common import make_lm
 
 CausalLM = keras_brt.models.BlockRecurrentTransformerCausalLM
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 T = 10
 TEXTS = ["def f():", "import os", "x = 1", "print(x)  # a line longer than T"]
 
@@ -80,6 +84,10 @@ def test_fit_evaluate_and_predict_on_strings_equal_the_same_arrays():
     np.testing.assert_allclose(loss, expected, rtol=1e-5)
 
     assert logits.shape == (len(TEXTS), T, 259)  # the padding rows are not returned
+    # The model now carries 3 lanes: strings go in batches of 3, whatever their number.
+    np.testing.assert_allclose(lm.predict(TEXTS[1:2], verbose=0), logits[1:2], atol=1e-5)
+    with pytest.raises(ValueError, match="carries 3 lanes.*batch_size=2"):
+        lm.evaluate(TEXTS, batch_size=2, verbose=0)
     for row in (1, 3):  # one padded, one cut
         ids, mask = byte_ids(TEXTS[row], T)
         alone = np.asarray(lm.call_with_state(ids[None, : mask.sum()])[0])[0]
@@ -108,6 +116,31 @@ def test_preprocessor_survives_keras_files_and_preset_folders(tmp_path):
                                    atol=1e-5)
 
 
+@jax_pass_only  # registration does not depend on the backend; one subprocess is enough
+def test_a_saved_preprocessor_loads_in_a_fresh_process(tmp_path):
+    """Nothing has imported the tokenizers there: the `.keras` file and the preset folder
+    must register what they name."""
+    lm = make_text_lm()
+    expected = lm.predict(TEXTS, batch_size=2, verbose=0)
+    path, folder = str(tmp_path / "lm.keras"), str(tmp_path / "preset")
+    lm.save(path)
+    lm.save_to_preset(folder)
+    np.save(str(tmp_path / "expected.npy"), expected)
+    code = (
+        "import sys, keras, numpy as np, keras_brt\n"
+        "path, folder, expected = sys.argv[1:]\n"
+        "for lm in (keras.saving.load_model(path),\n"
+        "           keras_brt.models.BlockRecurrentTransformerCausalLM.from_preset(folder)):\n"
+        f"    got = lm.predict({TEXTS!r}, batch_size=2, verbose=0)\n"
+        "    np.testing.assert_allclose(got, np.load(expected), atol=1e-5)\n"
+        "    print(type(lm.tokenizer).__name__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, path, folder, str(tmp_path / "expected.npy")],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["ByteTokenizer", "ByteTokenizer"]
+
+
 def test_preprocessor_errors_name_the_argument():
     with pytest.raises(ValueError, match="sequence_length=0"):
         BlockRecurrentTransformerCausalLMPreprocessor(ByteTokenizer(), sequence_length=0)
@@ -118,6 +151,11 @@ def test_preprocessor_errors_name_the_argument():
         lm.fit(TEXTS, np.zeros((4, T)), batch_size=2, verbose=0)
     with pytest.raises(ValueError, match="sample_weight"):
         lm.preprocessor(TEXTS, sample_weight=np.ones((4, T)))
+    with pytest.raises(ValueError, match="tokenize alike"):
+        CausalLM(lm.backbone, tokenizer=ByteTokenizer(), preprocessor=lm.preprocessor)
+    with pytest.raises(ValueError, match="add_start_token=False"):
+        CausalLM(lm.backbone, preprocessor=BlockRecurrentTransformerCausalLMPreprocessor(
+            ByteTokenizer(), sequence_length=T, add_start_token=False))
 
 
 @pytest.mark.parametrize("handle", ["hf://someone/brt", "kaggle://someone/brt/keras/tiny"])
