@@ -84,8 +84,7 @@ def serve(args):
                          "(or keras-brt[serve]). Received: kserve is not installed")
     from keras_brt.serving import serve as serve_model
 
-    serve_model(args.saved_model, args.model_name, args.port,
-                **({} if args.max_body_bytes is None else {"max_body_bytes": args.max_body_bytes}))
+    serve_model(args.saved_model, args.model_name, args.port, args.max_body_bytes)
 
 
 # === Command line ===

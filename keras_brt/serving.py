@@ -186,11 +186,13 @@ def make_model(name, model_dir, max_body_bytes=DEFAULT_MAX_BODY_BYTES):
     return SavedModelPredictor()
 
 
-def serve(model_dir, model_name="brt", port=8501, max_body_bytes=DEFAULT_MAX_BODY_BYTES):
-    """Serves the SavedModel at `http://0.0.0.0:port/v1/models/<model_name>:predict` until stopped."""
+def serve(model_dir, model_name="brt", port=8501, max_body_bytes=None):
+    """Serves the SavedModel at `http://0.0.0.0:port/v1/models/<model_name>:predict` until
+    stopped; `max_body_bytes` None is `DEFAULT_MAX_BODY_BYTES`."""
     import kserve
 
-    model = make_model(model_name, model_dir, max_body_bytes)
+    model = make_model(model_name, model_dir,
+                       DEFAULT_MAX_BODY_BYTES if max_body_bytes is None else max_body_bytes)
     kserve.ModelServer(http_port=port, enable_grpc=False).start([model])
 
 

@@ -14,6 +14,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_brt.layers.common import check_positive_int
+
 importlib.import_module("keras_brt.data.tokenizers")  # registers them: a saved preprocessor names one
 
 
@@ -70,13 +72,11 @@ class BlockRecurrentTransformerCausalLMPreprocessor(keras.layers.Layer):
                     f"`tokenizer` must be a keras_brt tokenizer (it has no `{name}`). "
                     f"Received: tokenizer={tokenizer!r}"
                 )
-        if isinstance(sequence_length, bool) or not isinstance(sequence_length, (int, np.integer)) \
-                or sequence_length < 1:
-            raise ValueError(
-                f"`sequence_length` must be a positive int. Received: sequence_length={sequence_length!r}"
-            )
+        if isinstance(sequence_length, np.integer):
+            sequence_length = sequence_length.item()
+        check_positive_int("sequence_length", sequence_length)
         self.tokenizer = tokenizer
-        self.sequence_length = int(sequence_length)
+        self.sequence_length = sequence_length
         self.add_start_token = add_start_token
         self.add_end_token = add_end_token
 

@@ -4,6 +4,7 @@ import itertools
 import os
 import time
 
+from keras_brt.layers.common import check_positive_int
 from keras_brt.training import runs
 from keras_brt.training.data_choice import describe_held_out, report_encoding, resolve_data
 from keras_brt.training.evaluation import evaluate_bits_per_token, make_eval_step
@@ -147,9 +148,8 @@ def evaluate_run_dir(run_dir, data=None, data_dir=None, pattern=None, text_featu
     from keras_brt.models import preset_io
     from keras_brt.training.run_models import load_model_and_tokenizer
 
-    for name, value in (("batch-size", batch_size), ("segment-length", segment_length)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"`--{name}` must be a positive integer. Received: --{name}={value!r}")
+    check_positive_int("--batch-size", batch_size, allow_none=True)
+    check_positive_int("--segment-length", segment_length, allow_none=True)
     if data is not None and eval_data is None and os.path.isdir(data):
         eval_data = data  # A folder given for evaluation is held-out data as a whole.
     preset = preset_io.is_preset_folder(run_dir)
