@@ -301,6 +301,7 @@ def test_train_under_a_strategy_in_mixed_bfloat16(corpus, tmp_path, capsys):
 
 
 @pytest.mark.slow
+@jax_pass_only  # generation itself is tested on both backends in tests/models/test_generation.py
 def test_generate_continues_a_prompt_reproducibly(trained_run, capsys):
     run_dir, _ = trained_run
     argv = ["generate", run_dir, "--prompt", "alpha = ", "--max-new-tokens", "20", "--seed", "3"]

@@ -104,7 +104,7 @@ def test_a_non_finite_loss_is_never_applied_and_fit_stops():
     w[B:2 * B] = np.nan
 
     lm = compiled_lm()
-    lm.fit(x[:B], y[:B], batch_size=B, verbose=0)  # the first step
+    lm.fit(x[:B], y[:B], sample_weight=w[:B], batch_size=B, verbose=0)  # the first step
     after_first = weights(lm)  # lanes and optimizer included
     with pytest.raises(FloatingPointError, match=r"step 2 was not finite"):
         lm.fit(x[B:], y[B:], sample_weight=w[B:], batch_size=B, verbose=0)  # the same compiled step
