@@ -30,7 +30,7 @@ import numpy as np
 import keras_brt
 from keras_brt.data import needle_lanes, needle_recall_accuracy
 from keras_brt.data.needles import PAYLOAD, VOCABULARY_SIZE
-from keras_brt.training.optimizers import STATE_PATH, GroupedAdamW
+from keras_brt.training.optimizers import STATE_PATH, GroupedAdamW, make_optimizer
 from speed import device_kind  # bench/ is on the path when run as a script
 from state_probe import cell_parameters, recurrent_cells
 
@@ -89,11 +89,17 @@ def run(model, args, dtype):
     if model == "full":  # One segment = one episode = one window.
         segment_blocks = max(distances) + 1
     lm, config = make_lm(model, segment_blocks * W, args, dtype)
-    if args.state_lr_multiplier != 1.0:  # Adam with the state path's rate multiplied
-        optimizer = GroupedAdamW({STATE_PATH: args.state_lr_multiplier}, learning_rate=args.learning_rate,
+    if args.optimizer == "adafactor":  # the paper's recipe; --learning-rate scales its curve
+        if args.state_lr_multiplier != 1.0:
+            raise ValueError("`--state-lr-multiplier` applies to adam only. "
+                             f"Received: --state-lr-multiplier={args.state_lr_multiplier}")
+        optimizer = make_optimizer("adafactor", steps=args.steps, warmup_steps=args.warmup_steps,
+                                   learning_rate=args.learning_rate or 1.0)
+    elif args.state_lr_multiplier != 1.0:  # Adam with the state path's rate multiplied
+        optimizer = GroupedAdamW({STATE_PATH: args.state_lr_multiplier}, learning_rate=args.learning_rate or 3e-3,
                                  weight_decay=0.0, global_clipnorm=1.0)
     else:
-        optimizer = keras.optimizers.Adam(args.learning_rate, global_clipnorm=1.0)
+        optimizer = keras.optimizers.Adam(args.learning_rate or 3e-3, global_clipnorm=1.0)
     lm.compile(optimizer=optimizer, jit_compile=True)
     x, y, w = needle_lanes(rng, args.steps, args.batch, distances, args.needles, W, segment_blocks)
     def evaluate(lm, rows=256):
@@ -123,7 +129,13 @@ def main(argv=None):
     parser.add_argument("--segment-blocks", type=int, default=10)
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--learning-rate", type=float, default=3e-3)
+    parser.add_argument("--optimizer", choices=("adam", "adafactor"), default="adam",
+                        help="adam: constant --learning-rate; adafactor: the paper's recipe (Adafactor, "
+                             "inverse square root decay after --warmup-steps, scaled by --learning-rate)")
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="adam's rate (default 3e-3); adafactor's scale of its curve (default 1.0)")
+    parser.add_argument("--warmup-steps", type=int, default=None,
+                        help="adafactor's warm-up (default 1000, the paper's)")
     parser.add_argument("--state-lr-multiplier", type=float, default=1.0,
                         help="multiply the recurrent state path's learning rate (GroupedAdamW)")
     parser.add_argument("--state-vectors", type=int, default=8)
