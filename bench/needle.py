@@ -90,16 +90,13 @@ def run(model, args, dtype):
         segment_blocks = max(distances) + 1
     lm, config = make_lm(model, segment_blocks * W, args, dtype)
     if args.optimizer == "adafactor":  # the paper's recipe; --learning-rate scales its curve
-        if args.state_lr_multiplier != 1.0:
-            raise ValueError("`--state-lr-multiplier` applies to adam only. "
-                             f"Received: --state-lr-multiplier={args.state_lr_multiplier}")
         optimizer = make_optimizer("adafactor", steps=args.steps, warmup_steps=args.warmup_steps,
-                                   learning_rate=args.learning_rate or 1.0)
+                                   learning_rate=args.learning_rate)
     elif args.state_lr_multiplier != 1.0:  # Adam with the state path's rate multiplied
-        optimizer = GroupedAdamW({STATE_PATH: args.state_lr_multiplier}, learning_rate=args.learning_rate or 3e-3,
+        optimizer = GroupedAdamW({STATE_PATH: args.state_lr_multiplier}, learning_rate=args.learning_rate,
                                  weight_decay=0.0, global_clipnorm=1.0)
     else:
-        optimizer = keras.optimizers.Adam(args.learning_rate or 3e-3, global_clipnorm=1.0)
+        optimizer = keras.optimizers.Adam(args.learning_rate, global_clipnorm=1.0)
     lm.compile(optimizer=optimizer, jit_compile=True)
     x, y, w = needle_lanes(rng, args.steps, args.batch, distances, args.needles, W, segment_blocks)
     def evaluate(lm, rows=256):
@@ -150,6 +147,11 @@ def main(argv=None):
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
+    if args.optimizer == "adafactor" and args.state_lr_multiplier != 1.0:
+        parser.error("--state-lr-multiplier applies to adam only (Adafactor's steps are already "
+                     f"relative to each parameter). Received: --state-lr-multiplier={args.state_lr_multiplier}")
+    if args.learning_rate is None:  # recorded in the results as used
+        args.learning_rate = 1.0 if args.optimizer == "adafactor" else 3e-3
 
     results = []
     for model in args.models.split(","):
