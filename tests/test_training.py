@@ -212,6 +212,7 @@ def test_an_eval_step_made_before_training_sees_the_trained_weights():
 
 
 @pytest.mark.slow
+@jax_pass_only  # bf16 training on TensorFlow: test_train_under_a_strategy_in_mixed_bfloat16 (CLI)
 def test_mixed_bfloat16_training_tracks_float32():
     """Same data, same initial weights: the bf16 run's per-step losses follow the float32 run's."""
     from tests.models.common import TINY, StepLosses

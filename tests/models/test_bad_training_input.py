@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 
+from tests.conftest import jax_pass_only
 from tests.models.common import V, make_lm, token_ids
 
 B, T = 2, 8
@@ -115,6 +116,7 @@ def test_a_non_finite_loss_is_never_applied_and_fit_stops():
 
 
 @pytest.mark.slow
+@jax_pass_only  # the order of the stop and the callbacks does not depend on the backend
 def test_a_checkpoint_never_records_a_skipped_step(tmp_path):
     """The stop comes before any later callback, so a checkpoint due at the bad step is not written."""
     from keras_brt.training import RunCheckpoint
