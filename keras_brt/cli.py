@@ -240,7 +240,7 @@ class NativeLogFilter:
             chunk = os.read(read, 65536)
             lines = (pending + chunk).split(b"\n")
             pending = lines.pop() if chunk else b""
-            for line in lines if chunk else lines + [pending]:
+            for line in lines:  # at the end, the last line without its newline too
                 if line and not NATIVE_LOG_LINE.match(line.decode("utf-8", "replace")):
                     try:
                         os.write(self.out, line + b"\n")
