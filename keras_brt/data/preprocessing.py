@@ -160,11 +160,19 @@ class BlockRecurrentTransformerCausalLMPreprocessor(keras.layers.Layer):
 
 def is_string_data(x):
     """True for strings: a str, a list or NumPy array of str/bytes, or a tf.data
-    dataset (or tensor) of strings."""
+    dataset (or tensor) of strings. A dataset of tuples of strings raises a
+    `ValueError` (strings are their own targets)."""
     if isinstance(x, (str, bytes)):
         return True
     if isinstance(x, tf.data.Dataset):
         spec = x.element_spec
+        if isinstance(spec, tuple) and spec and isinstance(spec[0], tf.TensorSpec) \
+                and spec[0].dtype == tf.string:
+            raise ValueError(
+                "With a preprocessor, a dataset of strings yields the strings alone: they are "
+                "their own targets (the next tokens). Received: a dataset of tuples with "
+                f"element_spec={spec}"
+            )
         return isinstance(spec, tf.TensorSpec) and spec.dtype == tf.string
     if isinstance(x, tf.Tensor):
         return x.dtype == tf.string

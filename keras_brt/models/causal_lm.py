@@ -463,7 +463,7 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
         x, batch_size = self._strings_to_dataset(x, y, batch_size)
         self._ensure_lanes(x, batch_size)
         if "validation_data" in kwargs:  # strings batched like the training lanes
-            kwargs["validation_data"] = self._strings_to_dataset(kwargs["validation_data"])[0]
+            kwargs["validation_data"] = self._validation_strings(kwargs["validation_data"])
         callbacks = kwargs.pop("callbacks", None) or []
         if not isinstance(callbacks, keras.callbacks.CallbackList):
             # First, so that no later callback (a checkpoint) sees a skipped step.
@@ -499,6 +499,23 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
                 f"(short ones padded); leave out `batch_size`. Received: batch_size={batch_size}"
             )
         return preprocessing.string_dataset(self.preprocessor, x, batch_size, rows=rows), None
+
+    def _validation_strings(self, data):
+        """`validation_data` of strings (alone, or as Keras's `(x,)` / `(x, None)` tuples)
+        becomes their tf.data pipeline; anything else passes."""
+        if self.preprocessor is not None and isinstance(data, tuple) and 1 <= len(data) <= 3:
+            from keras_brt.data import preprocessing
+
+            if preprocessing.is_string_data(data[0]):
+                if any(item is not None for item in data[1:]):
+                    raise ValueError(
+                        "With a preprocessor, validation strings are their own targets; pass "
+                        "`validation_data=strings` or `(strings, None)`. Received: "
+                        f"validation_data=(strings, {type(data[1]).__name__}"
+                        f"{', ...' if len(data) > 2 else ''})"
+                    )
+                data = data[0]
+        return self._strings_to_dataset(data)[0]
 
     def _string_rows(self, x):
         if self.preprocessor is None:

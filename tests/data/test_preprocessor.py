@@ -94,6 +94,27 @@ def test_fit_evaluate_and_predict_on_strings_equal_the_same_arrays():
         np.testing.assert_allclose(logits[row, : mask.sum()], alone, atol=1e-4)
 
 
+def test_validation_strings_in_keras_tuples_equal_evaluate():
+    lm = make_text_lm()
+    for validation in ((TEXTS, None), (TEXTS,)):
+        history = lm.fit(TEXTS, batch_size=2, validation_data=validation, verbose=0).history
+        expected = lm.evaluate(TEXTS, verbose=0, return_dict=True)["loss"]
+        np.testing.assert_allclose(history["val_loss"][-1], expected, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"validation_data=\(strings, ndarray\)"):
+        lm.fit(TEXTS, validation_data=(TEXTS, np.zeros((4, T))), verbose=0)
+
+
+def test_a_dataset_of_string_pairs_is_refused_by_name():
+    import tensorflow as tf
+
+    lm = make_text_lm()
+    pairs = tf.data.Dataset.from_tensor_slices((TEXTS, TEXTS)).batch(2)
+    with pytest.raises(ValueError, match="their own targets.*element_spec=.*tf.string"):
+        lm.fit(pairs, verbose=0)
+    with pytest.raises(ValueError, match="their own targets"):
+        lm.evaluate(pairs, verbose=0)
+
+
 def test_generate_takes_text_through_the_preprocessors_tokenizer():
     lm = make_text_lm()
     text = lm.generate("def", max_length=8, sampler="greedy")
