@@ -25,8 +25,16 @@ def test_inverse_square_root_schedule_is_the_papers():
 def test_make_optimizer_recipes_and_errors():
     adafactor = training.make_optimizer("adafactor", steps=100)
     assert isinstance(adafactor, keras.optimizers.Adafactor)
-    assert isinstance(adafactor.learning_rate, training.InverseSquareRootDecay) or adafactor._learning_rate
     assert adafactor.global_clipnorm == 1.0
+    # The paper's 1000 warm-up steps, or a tenth of a shorter run (300 steps never left a
+    # 1000-step warm-up: keras-brt train --optimizer adafactor with its defaults).
+    def schedule(**kwargs):
+        return training.make_optimizer("adafactor", **kwargs).get_config()["learning_rate"]
+
+    assert "InverseSquareRootDecay" in schedule(steps=100)["class_name"]
+    for steps, warmup in ((100, 10), (300, 30), (500_000, 1000)):
+        assert schedule(steps=steps)["config"]["warmup_steps"] == warmup, steps
+    assert schedule(steps=300, warmup_steps=250)["config"]["warmup_steps"] == 250
     adamw = training.make_optimizer("adamw", steps=100, learning_rate=3e-3)
     assert isinstance(adamw, keras.optimizers.AdamW)
     with pytest.raises(ValueError, match="optimizer='sgd'"):

@@ -111,10 +111,13 @@ def make_optimizer(name="adamw", steps=10_000, learning_rate=None, warmup_steps=
 
     - `"adafactor"`: the paper's recipe: Adafactor (factored second moments,
       updates scaled by the parameters' RMS) with `InverseSquareRootDecay`
-      (1000 warm-up steps; `learning_rate` scales the curve, default 1.0).
+      (`learning_rate` scales the curve, default 1.0).
       Keras's Adafactor keeps no first moment; meliad's used beta_1 = 0.9.
     - `"adamw"`: AdamW with linear warm-up then cosine decay to 10% of the
       peak `learning_rate` (default 1e-3).
+
+    Both warm up over `warmup_steps`, by default 1000 (the paper's) or a tenth of
+    a run shorter than 10,000 `steps`, so that a short run leaves its warm-up.
 
     Both clip the global gradient norm at `clip_norm` (None: no clipping). With
     `state_learning_rate_multiplier` other than 1, `"adamw"` is a `GroupedAdamW` whose
@@ -131,14 +134,14 @@ def make_optimizer(name="adamw", steps=10_000, learning_rate=None, warmup_steps=
         raise ValueError("`state_learning_rate_multiplier` applies to adamw only (Adafactor's updates "
                          "are already relative to each parameter). Received: optimizer='adafactor', "
                          f"state_learning_rate_multiplier={state_learning_rate_multiplier}")
+    warmup = warmup_steps if warmup_steps is not None else min(1000, max(1, steps // 10))
     if name == "adafactor":
-        schedule = InverseSquareRootDecay(warmup_steps or 1000, learning_rate or 1.0)
+        schedule = InverseSquareRootDecay(warmup, learning_rate or 1.0)
         return keras.optimizers.Adafactor(
             learning_rate=schedule, beta_2_decay=-0.8, relative_step=False,
             global_clipnorm=clip_norm,
         )
     peak = learning_rate or 1e-3
-    warmup = warmup_steps if warmup_steps is not None else min(1000, max(1, steps // 10))
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0, warmup_target=peak, warmup_steps=warmup,
         decay_steps=max(1, steps - warmup), alpha=0.1,
