@@ -132,7 +132,8 @@ def main(argv=None):
     parser.add_argument("--learning-rate", type=float, default=None,
                         help="adam's rate (default 3e-3); adafactor's scale of its curve (default 1.0)")
     parser.add_argument("--warmup-steps", type=int, default=None,
-                        help="adafactor's warm-up (default 1000, the paper's)")
+                        help="adafactor's warm-up (default: make_optimizer's, 1000 or a tenth of "
+                             "a run shorter than 10,000 steps)")
     parser.add_argument("--state-lr-multiplier", type=float, default=1.0,
                         help="multiply the recurrent state path's learning rate (GroupedAdamW)")
     parser.add_argument("--state-vectors", type=int, default=8)
