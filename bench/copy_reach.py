@@ -79,6 +79,8 @@ def main():
                         help="k: bytes of context that must match before the copied byte")
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
+    if min(args.context) < 0:
+        raise ValueError(f"`--context` must be at least 0. Received: --context={args.context}")
     if args.documents < 1:
         raise ValueError(f"`--documents` must be at least 1. Received: --documents={args.documents}")
     if args.data == "directories":
