@@ -23,20 +23,6 @@ import numpy as np
 RANGES = ((1, 512), (512, 2048), (2048, 4096), (4096, 32768), (32768, None))
 
 
-def nearest_copy_distance(data, k):
-    """For each byte `i >= k` of `data` (uint8), the distance to the nearest earlier `j`
-    with `data[j - k : j + 1] == data[i - k : i + 1]`, or 0 where there is none."""
-    n = len(data) - k
-    if n <= 0:
-        return np.zeros(0, np.int64)
-    grams = gram_hashes(data, k)
-    order = np.argsort(grams, kind="stable")  # equal grams stay in position order
-    same = grams[order][1:] == grams[order][:-1]
-    distance = np.zeros(n, np.int64)
-    distance[order[1:][same]] = order[1:][same] - order[:-1][same]
-    return distance
-
-
 def gram_hashes(data, k):
     """The `(k + 1)`-byte strings of `data` (uint8) as 64-bit hashes, one per byte `i >= k`."""
     n = len(data) - k
@@ -47,21 +33,36 @@ def gram_hashes(data, k):
     return grams
 
 
+def copy_distances(grams):
+    """For each of `grams`, the distance back to the nearest earlier equal one, or 0."""
+    order = np.argsort(grams, kind="stable")  # equal grams stay in position order
+    same = grams[order][1:] == grams[order][:-1]
+    distance = np.zeros(len(grams), np.int64)
+    distance[order[1:][same]] = order[1:][same] - order[:-1][same]
+    return distance
+
+
+def nearest_copy_distance(data, k):
+    """For each byte `i >= k` of `data` (uint8), the distance to the nearest earlier `j`
+    with `data[j - k : j + 1] == data[i - k : i + 1]`, or 0 where there is none."""
+    return copy_distances(gram_hashes(data, k))
+
+
 def histogram(documents, k, own_only=False):
     """Counts of bytes by the range of their nearest copy's distance, then of bytes with no
     earlier copy. With `own_only`, a copy counts only where its `k + 1` bytes occur in no
     other document read: text the document itself introduced (its names, its strings), not
     boilerplate that a model learns into its weights."""
-    data = [np.frombuffer(text.encode("utf-8"), np.uint8) for text in documents]
+    grams = [gram_hashes(np.frombuffer(text.encode("utf-8"), np.uint8), k) for text in documents]
     if own_only:
-        unique = [np.unique(gram_hashes(d, k)) for d in data]
-        values, frequency = np.unique(np.concatenate(unique), return_counts=True)
+        values, frequency = np.unique(np.concatenate([np.unique(g) for g in grams]),
+                                      return_counts=True)
         shared = values[frequency > 1]
     counts = np.zeros(len(RANGES) + 1, np.int64)  # the ranges, then "no earlier copy"
-    for d in data:
-        distance = nearest_copy_distance(d, k)
+    for g in grams:
+        distance = copy_distances(g)
         if own_only:
-            distance[np.isin(gram_hashes(d, k), shared)] = 0
+            distance[np.isin(g, shared)] = 0
         counts[-1] += int((distance == 0).sum())
         for index, (low, high) in enumerate(RANGES):
             inside = distance >= low if high is None else (distance >= low) & (distance < high)
