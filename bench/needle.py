@@ -86,8 +86,9 @@ def run(model, args, dtype):
     rng = np.random.default_rng(args.seed)
     distances = parse_range(args.train_distances)
     segment_blocks = args.segment_blocks
-    if model == "full":  # One segment = one episode = one window.
-        segment_blocks = max(distances) + 1
+    eval_segment_blocks = args.eval_segment_blocks or segment_blocks
+    if model == "full":  # One segment = one episode = one window, in training and evaluation.
+        segment_blocks = eval_segment_blocks = max(distances) + 1
     lm, config = make_lm(model, segment_blocks * W, args, dtype)
     if args.optimizer == "adafactor":  # the paper's recipe; --learning-rate scales its curve
         optimizer = make_optimizer("adafactor", steps=args.steps, warmup_steps=args.warmup_steps,
@@ -101,7 +102,7 @@ def run(model, args, dtype):
     x, y, w = needle_lanes(rng, args.steps, args.batch, distances, args.needles, W, segment_blocks)
     def evaluate(lm, rows=256):
         eval_rng = np.random.default_rng(args.seed + 1000)  # the same episodes every time
-        return {d: needle_recall_accuracy(lm, eval_rng, d, args.needles, W, segment_blocks, rows)
+        return {d: needle_recall_accuracy(lm, eval_rng, d, args.needles, W, eval_segment_blocks, rows)
                 for d in parse_range(args.eval)}
 
     trace = Trace(args.trace_every, args.verbose, evaluate)
@@ -113,6 +114,7 @@ def run(model, args, dtype):
     solved = next((r["step"] for i, r in enumerate(trace.rows)
                    if all(min(t["accuracy"].values()) >= 0.95 for t in trace.rows[i:])), None)
     return {"model": model, "config": config, "segment_blocks": segment_blocks,
+            "eval_segment_blocks": eval_segment_blocks,
             "accuracy": scores, "steps_to_0.95": solved, "train_seconds": seconds,
             "trace": trace.rows}
 
@@ -124,6 +126,9 @@ def main(argv=None):
     parser.add_argument("--train-distances", default="5")
     parser.add_argument("--eval", default="5")
     parser.add_argument("--segment-blocks", type=int, default=10)
+    parser.add_argument("--eval-segment-blocks", type=int, default=None,
+                        help="segment length of the evaluation (default: --segment-blocks); "
+                             "e.g. train on segments holding whole episodes, evaluate across segments")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--optimizer", choices=("adam", "adafactor"), default="adam",
@@ -151,6 +156,10 @@ def main(argv=None):
     if args.optimizer == "adafactor" and args.state_lr_multiplier != 1.0:
         parser.error("--state-lr-multiplier applies to adam only (Adafactor's steps are already "
                      f"relative to each parameter). Received: --state-lr-multiplier={args.state_lr_multiplier}")
+    for name in ("segment_blocks", "eval_segment_blocks"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1. Received: {value}")
     if args.learning_rate is None:  # recorded in the results as used
         args.learning_rate = 1.0 if args.optimizer == "adafactor" else 3e-3
 
