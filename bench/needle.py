@@ -5,6 +5,9 @@ first block holds `needles` random payload tokens (1 of 22 ids each) among fille
 query block, `distance` blocks later, asks for them in order. The loss counts only the recalled
 tokens. Episodes are whole training segments long, so a distance of 30 blocks with 10-block
 segments crosses segment boundaries: the state is carried there with no gradient.
+`--eval-segment-blocks` measures recall on other segments than training's (e.g. train on
+segments that hold whole episodes, so that every query's gradient reaches its needle, and
+evaluate across 10-block segments).
 
 Models (2 layers, D=64, W=8, 8 state vectors, vocabulary 32, Adam):
 - `rec`:  Rec:fixed:skip (the recurrent layer last) on segments of `--segment-blocks` blocks;
