@@ -33,6 +33,7 @@ import numpy as np
 import keras_brt
 from keras_brt.data import needle_lanes, needle_recall_accuracy
 from keras_brt.data.needles import PAYLOAD, VOCABULARY_SIZE
+from keras_brt.layers.common import check_positive_int
 from keras_brt.training.optimizers import STATE_PATH, GroupedAdamW, make_optimizer
 from speed import device_kind  # bench/ is on the path when run as a script
 from state_probe import cell_parameters, recurrent_cells
@@ -159,10 +160,8 @@ def main(argv=None):
     if args.optimizer == "adafactor" and args.state_lr_multiplier != 1.0:
         parser.error("--state-lr-multiplier applies to adam only (Adafactor's steps are already "
                      f"relative to each parameter). Received: --state-lr-multiplier={args.state_lr_multiplier}")
-    for name in ("segment_blocks", "eval_segment_blocks"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1. Received: {value}")
+    check_positive_int("segment_blocks", args.segment_blocks)
+    check_positive_int("eval_segment_blocks", args.eval_segment_blocks, allow_none=True)
     if args.learning_rate is None:  # recorded in the results as used
         args.learning_rate = 1.0 if args.optimizer == "adafactor" else 3e-3
 

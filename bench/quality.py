@@ -188,9 +188,9 @@ def plot_curves(curves, path, tokens_per_step, window=50, reference="Slide"):
         n = min(n, len(values))
         return np.convolve(values, np.ones(n) / n, mode="valid") / np.log(2), n
 
-    base = next((np.asarray(v) for k, v in curves.items() if k.startswith(reference)), None)
-    if len(curves) == 1:
-        base = None  # the reference alone: nothing to subtract it from
+    # The curve to subtract from the others; none when it would be the only curve.
+    base = None if len(curves) == 1 else next(
+        (np.asarray(v) for k, v in curves.items() if k.startswith(reference)), None)
     figure, axes = plt.subplots(1, 1 if base is None else 2, figsize=(7 if base is None else 13, 4),
                                 squeeze=False)
     final = []
