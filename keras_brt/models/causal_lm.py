@@ -14,7 +14,8 @@ from keras_brt.models.backbone import BlockRecurrentTransformerBackbone, concret
 from keras_brt.models.generation import Generator
 from keras_brt.models.input_checks import checked_inputs, reraising_out_of_vocabulary
 from keras_brt.models.losses import TokenCrossEntropy
-from keras_brt.models import preset_io
+from keras_brt.models import preset_io, update_guard
+from keras_brt.models.update_guard import NonFiniteUpdateStop
 
 
 def _lane_count(x, batch_size):
@@ -28,45 +29,6 @@ def _lane_count(x, batch_size):
     if hasattr(token_ids, "shape") and len(token_ids.shape) == 2:
         return min(batch_size or 32, token_ids.shape[0])
     return None
-
-
-def _finite_update(logs, trainable_values):
-    """True when the step's loss and every new trainable value are finite: one sum, since
-    a NaN or an infinity anywhere makes the sum non-finite."""
-    total = ops.sum(ops.cast(logs["loss"], "float32"))
-    for value in trainable_values:
-        total = total + ops.sum(ops.cast(value, "float32"))
-    return ops.isfinite(total)
-
-
-class NonFiniteUpdateStop(keras.callbacks.Callback):
-    """Stops `fit` when a step was skipped because its loss or update was not finite.
-
-    The causal LM's `train_step` never applies such an update (the weights,
-    the optimizer and the lanes keep their values, and the optimizer's step
-    counter does not advance); this callback notices the counter that did not
-    advance and raises a `FloatingPointError` naming the step, before any later
-    callback (a checkpoint) runs. `fit` adds it first by itself.
-    """
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._seen = None  # Batches count from 0 in every epoch.
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if self._seen is None:
-            self._seen = (batch, int(self.model.optimizer.iterations.numpy()))
-
-    def on_train_batch_end(self, batch, logs=None):
-        iterations = int(self.model.optimizer.iterations.numpy())
-        last_batch, last_iterations = self._seen
-        if iterations - last_iterations < batch + 1 - last_batch:
-            raise FloatingPointError(
-                f"The loss or the update of training step {iterations + 1} was not finite "
-                f"(loss={logs.get('loss') if logs else None}); it was not applied: the weights, the "
-                f"optimizer and the carried state are those after step {iterations}. Training stopped; "
-                "lower the learning rate or check the data (an earlier checkpoint is untouched)."
-            )
-        self._seen = (batch + 1, iterations)
 
 
 @keras.saving.register_keras_serializable(package="keras_brt")
@@ -187,9 +149,37 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
         with replicas.model_scope(self):
             self._lanes = {mode: lane_rows.create(self, self.backbone.state_shapes(batch_size), mode)
                            for mode in lane_rows.MODES}
+            self._skipped_update = update_guard.create_flag(self)
         self.lane_batch_size = batch_size
         if locked:
             self._tracker.lock()
+
+    @property
+    def skipped_update(self):
+        """The training guard's `()` int32 variable: 1 once a training step was not
+        applied because its loss or update was not finite (see
+        `keras_brt.models.update_guard`); None before the lanes exist. Not saved."""
+        return getattr(self, "_skipped_update", None)
+
+    def _saved_variables(self):
+        return [v for v in self._trainable_variables + self._non_trainable_variables
+                if v is not self.skipped_update]
+
+    def save_own_variables(self, store):
+        # The lanes, not the training guard's flag: files stay as they were before it.
+        for i, variable in enumerate(self._saved_variables()):
+            store[f"{i}"] = variable
+
+    def load_own_variables(self, store):
+        variables = self._saved_variables()
+        if len(store.keys()) != len(variables):
+            raise ValueError(
+                f"The weights file holds {len(store.keys())} variables of the causal LM "
+                f"(its carried lanes), but this model has {len(variables)}: "
+                f"{[v.name for v in variables]}. Received: {len(store.keys())} variables"
+            )
+        for i, variable in enumerate(variables):
+            variable.assign(store[f"{i}"])
 
     def reset_state(self, mode=None):
         """Resets every lane: its next batch starts from the initial state.
@@ -406,33 +396,23 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
 
     def train_step(self, *args, **kwargs):
         """Keras's step, except that an update whose loss or new weights are not
-        finite is not applied: every variable keeps its value (`fit` then stops
-        with a `FloatingPointError`, see `NonFiniteUpdateStop`)."""
+        finite is not applied, nor any later one until the host has seen it: every
+        variable keeps its value and `skipped_update` is set (`fit` then stops with
+        a `FloatingPointError`; see `keras_brt.models.update_guard`)."""
+        flag = self.skipped_update
         if keras.backend.backend() == "jax":
-            state = args[0]
-            logs, new_state = super().train_step(*args, **kwargs)
-            trainable = new_state[0]
-            keep = _finite_update(logs, trainable)
-            new_state = ops.cond(keep, lambda: new_state, lambda: state)
-            return logs, new_state
+            return update_guard.jax_step(self, flag, super().train_step, *args, **kwargs)
         if keras.backend.backend() == "tensorflow":
-            guarded = list(self.trainable_variables) + list(self.non_trainable_variables) + list(
-                self.optimizer.variables
-            )
-            before = [ops.copy(v.value) for v in guarded]
             if getattr(self, "replica_jit_compile", False):
                 from keras_brt.distribute import replica_xla
 
-                logs = replica_xla.train_step(self, *args)
+                step = lambda: replica_xla.train_step(self, *args)  # noqa: E731
             else:
-                logs = super().train_step(*args, **kwargs)
+                step = lambda: super(BlockRecurrentTransformerCausalLM, self).train_step(  # noqa: E731
+                    *args, **kwargs)
             # Every replica restores or keeps alike: a NaN on one replica reaches the others'
             # weights through the all-reduced gradients, but its loss alone would not.
-            keep = replicas.all_replicas_agree(_finite_update(logs, self.trainable_variables))
-            # No control flow here: under a strategy, assignments inside a cond would be a
-            # cross-replica merge inside control flow, which TensorFlow refuses.
-            for variable, old in zip(guarded, before):
-                variable.assign(ops.where(keep, variable.value, old))
+            logs = update_guard.tensorflow_step(self, flag, step, replicas.all_replicas_agree)
             return replicas.multi_worker_logs(logs)
         return super().train_step(*args, **kwargs)
 
@@ -465,7 +445,8 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
         if "validation_data" in kwargs:  # strings batched like the training lanes
             kwargs["validation_data"] = self._validation_strings(kwargs["validation_data"])
         callbacks = kwargs.pop("callbacks", None) or []
-        if not isinstance(callbacks, keras.callbacks.CallbackList):
+        if not isinstance(callbacks, keras.callbacks.CallbackList) and not any(
+                isinstance(c, NonFiniteUpdateStop) for c in callbacks):
             # First, so that no later callback (a checkpoint) sees a skipped step.
             callbacks = [NonFiniteUpdateStop(), *callbacks]
         validation = kwargs.get("validation_data")
@@ -473,9 +454,13 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
             checked_inputs(validation[0], self.backbone.vocabulary_size)
         elif validation is not None:
             kwargs["validation_data"] = checked_inputs(validation, self.backbone.vocabulary_size)
+        update_guard.raise_if_skipped(self)  # left over from a run that was interrupted
         with self._reraising():
-            return super().fit(checked_inputs(x, self.backbone.vocabulary_size), y,
-                               batch_size=batch_size, shuffle=False, callbacks=callbacks, **kwargs)
+            history = super().fit(checked_inputs(x, self.backbone.vocabulary_size), y,
+                                  batch_size=batch_size, shuffle=False, callbacks=callbacks,
+                                  **kwargs)
+        update_guard.raise_if_skipped(self)  # also without NonFiniteUpdateStop
+        return history
 
     def _strings_to_dataset(self, x, y=None, batch_size=None):
         """With a preprocessor, strings become its tf.data pipeline of `(x, y,
@@ -531,7 +516,9 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
         """`keras.Model.train_on_batch` with the token ids checked first."""
         checked_inputs(x, self.backbone.vocabulary_size)
         self._ensure_lanes(x)
-        return super().train_on_batch(x, y, sample_weight=sample_weight, **kwargs)
+        logs = super().train_on_batch(x, y, sample_weight=sample_weight, **kwargs)
+        update_guard.raise_if_skipped(self)
+        return logs
 
     def test_on_batch(self, x, y=None, sample_weight=None, **kwargs):
         """`keras.Model.test_on_batch` with the token ids checked first."""

@@ -69,6 +69,7 @@ class StepHistory(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         start = int(self.model.optimizer.iterations.numpy())
+        self._step = start  # counted from here on: reading the optimizer waits for the device
         self._keys, self._means, self._batches = None, {}, 0
         self._last = {"step": start, "batch": 0, "sums": {}}
         if os.path.exists(self.path):
@@ -87,7 +88,8 @@ class StepHistory(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self._batches = batch + 1
-        step = int(self.model.optimizer.iterations.numpy())
+        self._step += 1
+        step = self._step
         if step % self.every or not logs:
             return
         # Keras logs running means since the epoch began: recover the interval's means.

@@ -42,9 +42,14 @@ class ProgressLog(keras.callbacks.Callback):
         self.every, self.total = every, total
         self.start, self.first = time.time(), None
 
+    def on_train_begin(self, logs=None):
+        # Counted from here on: reading the optimizer every step would make the host wait
+        # for each step.
+        self.step = self.first = int(self.model.optimizer.iterations.numpy())
+
     def on_train_batch_end(self, batch, logs=None):
-        step = int(self.model.optimizer.iterations.numpy())
-        self.first = step - 1 if self.first is None else self.first
+        self.step += 1
+        step = self.step
         if step % self.every == 0 or step == self.total:
             rate = (step - self.first) / max(time.time() - self.start, 1e-9)
             metrics = " ".join(f"{k}={float(v):.4f}" for k, v in (logs or {}).items())

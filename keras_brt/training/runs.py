@@ -16,6 +16,8 @@ import os
 
 import keras
 
+from keras_brt.models import update_guard
+
 RUN_FORMAT = 1  # Version of this layout; bumped on incompatible changes.
 CHECKPOINT = "checkpoint.keras"
 
@@ -122,13 +124,19 @@ class RunCheckpoint(keras.callbacks.Callback):
             raise ValueError(f"`every` must be at least 1. Received: every={every}")
         self.directory, self.every = directory, every
 
+    def on_train_begin(self, logs=None):
+        # Counted from here on: reading the optimizer every step would make the host wait
+        # for each step.
+        self._step = int(self.model.optimizer.iterations.numpy())
+
     def on_train_batch_end(self, batch, logs=None):
-        step = int(self.model.optimizer.iterations.numpy())
-        if step % self.every == 0:
+        self._step += 1
+        if self._step % self.every == 0:
             self.save()
 
     def save(self):
         model = self.model
+        update_guard.raise_if_skipped(model)  # never a checkpoint of a run that must stop
         step = int(model.optimizer.iterations.numpy())
         path = os.path.join(self.directory, CHECKPOINT)
         tmp = os.path.join(self.directory, "checkpoint.tmp.keras")

@@ -116,6 +116,33 @@ def test_a_non_finite_loss_is_never_applied_and_fit_stops():
 
 
 @pytest.mark.slow
+def test_no_step_after_a_non_finite_one_is_applied_and_the_check_stops_fit_early():
+    """The host checks every `check_every` steps, not after each: the steps between the
+    bad one and the check are not applied either, and fit stops at the check."""
+    from keras_brt.models.update_guard import NonFiniteUpdateStop
+
+    ids = token_ids(B * 10, T + 1, seed=7).reshape(10, B, T + 1)
+    weight = np.ones((10, B, T), "float32")
+    weight[1] = np.nan  # the second step's loss
+    lm = compiled_lm()
+    lm.fit(ids[0, :, :-1], ids[0, :, 1:], batch_size=B, verbose=0)  # the first step
+    after_first = weights(lm)
+    seen = []
+
+    def batches():
+        for i in range(1, 10):
+            seen.append(i)
+            yield ids[i, :, :-1], ids[i, :, 1:], weight[i]
+
+    with pytest.raises(FloatingPointError, match=r"step 2 was not finite.*nor any later step"):
+        lm.fit(batches(), steps_per_epoch=9, verbose=0,
+               callbacks=[NonFiniteUpdateStop(check_every=3)])
+    assert int(lm.optimizer.iterations.numpy()) == 1
+    assert_same(after_first, weights(lm))  # the flag is cleared once fit has stopped
+    assert len(seen) < 9  # stopped at the check, before the epoch's end
+
+
+@pytest.mark.slow
 @jax_pass_only  # the order of the stop and the callbacks does not depend on the backend
 def test_a_checkpoint_never_records_a_skipped_step(tmp_path):
     """The stop comes before any later callback, so a checkpoint due at the bad step is not written."""
