@@ -84,7 +84,10 @@ def serve(args):
                          "(or keras-brt[serve]). Received: kserve is not installed")
     from keras_brt.serving import serve as serve_model
 
-    serve_model(args.saved_model, args.model_name, args.port, args.max_body_bytes)
+    serve_model(args.saved_model, args.model_name, args.port, max_body_bytes=args.max_body_bytes,
+                max_batch_size=args.max_batch_size,
+                max_tokens_per_request=args.max_tokens_per_request,
+                max_response_bytes=args.max_response_bytes)
 
 
 # === Command line ===
@@ -197,6 +200,18 @@ def build_parser():
     p.add_argument("--max-body-bytes", type=int, default=None,
                    help="larger request bodies are refused with 413 after they are read (the "
                         "state travels in them; default 4 MiB)")
+    p.add_argument("--max-batch-size", type=int, default=None,
+                   help="the most rows a request may have or ask for (initial_state's batch_size, "
+                        "the rows of token_ids or text, the instances); more is refused with 400 "
+                        "(default 256)")
+    p.add_argument("--max-tokens-per-request", type=int, default=None,
+                   help="the most tokens of a request, rows x tokens (a text counts as its UTF-8 "
+                        "bytes + 2, padded to the longest); more is refused with 400 "
+                        "(default 65536)")
+    p.add_argument("--max-response-bytes", type=int, default=None,
+                   help="the largest answer, its JSON size estimated from the request before the "
+                        "model runs (25 bytes a float: logits are rows x tokens x vocabulary of "
+                        "them); larger is refused with 400 (default 64 MiB)")
     p.set_defaults(func=serve)
 
     for p in commands.choices.values():

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import pytest
@@ -464,3 +465,39 @@ def test_the_filter_drops_native_info_and_warning_lines_and_passes_everything_el
 def test_serve_refuses_a_folder_that_is_not_a_saved_model(tmp_path, capsys):
     assert cli.main(["serve", str(tmp_path)]) == 2
     assert "must be a SavedModel folder" in capsys.readouterr().err
+
+
+def test_serve_passes_the_operators_limits_to_the_server(tmp_path, monkeypatch):
+    (tmp_path / "saved_model.pb").write_bytes(b"")
+    calls = []
+    fake = types.ModuleType("keras_brt.serving")
+    fake.serve = lambda *args, **kwargs: calls.append((args, kwargs))
+    monkeypatch.setitem(sys.modules, "keras_brt.serving", fake)
+    assert cli.main(["serve", str(tmp_path), "--port", "9000", "--max-body-bytes", "100",
+                     "--max-batch-size", "8", "--max-tokens-per-request", "512",
+                     "--max-response-bytes", "4096", "--verbose"]) == 0
+    assert cli.main(["serve", str(tmp_path), "--verbose"]) == 0
+    assert calls == [
+        ((str(tmp_path), "brt", 9000), dict(max_body_bytes=100, max_batch_size=8,
+                                            max_tokens_per_request=512, max_response_bytes=4096)),
+        ((str(tmp_path), "brt", 8501), dict(max_body_bytes=None, max_batch_size=None,
+                                            max_tokens_per_request=None, max_response_bytes=None)),
+    ]
+
+
+def test_serve_refuses_a_limit_below_1_and_its_help_gives_the_defaults(tmp_path, capsys):
+    from keras_brt import serving
+
+    (tmp_path / "saved_model.pb").write_bytes(b"")  # refused before the model is read
+    assert cli.main(["serve", str(tmp_path), "--max-batch-size", "0"]) == 2
+    assert "`max_batch_size` (--max-batch-size) must be an integer >= 1. Received: max_batch_size=0" in (
+        capsys.readouterr().err)
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["serve", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    for flag, default in [("--max-batch-size", f"default {serving.DEFAULT_MAX_BATCH_SIZE})"),
+                          ("--max-tokens-per-request",
+                           f"default {serving.DEFAULT_MAX_TOKENS_PER_REQUEST})"),
+                          ("--max-response-bytes",
+                           f"default {serving.DEFAULT_MAX_RESPONSE_BYTES // 2 ** 20} MiB)")]:
+        assert flag in shown and default in shown.split(flag)[-1].split("--")[0], (flag, shown)

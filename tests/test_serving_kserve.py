@@ -5,6 +5,7 @@ requests, and the REST example against it."""
 import concurrent.futures
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -46,20 +47,32 @@ def predict(url, body, raw=None):
         return error.code, json.loads(error.read() or b"{}")
 
 
+# The server's limits, set lower than the defaults (256 rows, 65536 tokens, 64 MiB) so that
+# its answers show the flags taken.
+MAX_BATCH_SIZE, MAX_TOKENS, MAX_RESPONSE_BYTES = 64, 4096, 4_000_000
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def exported(tmp_path_factory):
     from keras_brt.export import export_saved_model
 
     keras.utils.set_random_seed(7)
     lm = make_lm(vocabulary_size=V)
     lm.build()
-    path = export_saved_model(lm, str(tmp_path_factory.mktemp("served") / "brt"),
-                              tokenizer=ByteTokenizer())
+    return lm, export_saved_model(lm, str(tmp_path_factory.mktemp("served") / "brt"),
+                                  tokenizer=ByteTokenizer())
+
+
+@pytest.fixture(scope="module")
+def server(exported, tmp_path_factory):
+    lm, path = exported
     port = free_port()
     log = open(tmp_path_factory.mktemp("server") / "server.log", "w+")
     process = subprocess.Popen(
         [sys.executable, "-m", "keras_brt.serving", path, "--model-name", "brt", "--port", str(port),
-         "--max-body-bytes", str(2 ** 20)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+         "--max-body-bytes", str(2 ** 20), "--max-batch-size", str(MAX_BATCH_SIZE),
+         "--max-tokens-per-request", str(MAX_TOKENS), "--max-response-bytes", str(MAX_RESPONSE_BYTES)],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1/models/brt"
     try:
         deadline = time.time() + 180
@@ -142,6 +155,108 @@ def test_bad_requests_get_4xx_naming_the_field_and_the_server_keeps_serving(serv
     status, answer = predict(url, {"signature_name": "serving_default",
                                    "instances": [{"token_ids": [5] * W}, {"token_ids": [6] * W}]})
     assert status == 200 and len(answer["predictions"]) == 2  # still serving, rows in and out
+
+
+def refused(url, body, *expected, raw=None):
+    """Sends a request over a limit: asserts 400 and an answer naming each of `expected`."""
+    status, answer = predict(url, body, raw=raw)
+    assert status == 400, (status, answer)
+    for part in expected:
+        assert part in answer["detail"], (part, answer)
+
+
+def test_a_60_byte_request_for_100000_lanes_is_refused_naming_batch_size_and_the_server_keeps_serving(
+        server):
+    _, url = server
+    body = b'{"signature_name":"initial_state","inputs":{"batch_size":100000}}'
+    assert len(body) < 70
+    refused(url, None, "'batch_size'", "batch_size=100000", f"at most {MAX_BATCH_SIZE}",
+            "--max-batch-size", raw=body)
+    status, answer = predict(url, {"signature_name": "initial_state",
+                                   "inputs": {"batch_size": MAX_BATCH_SIZE}})
+    assert status == 200 and all(len(v) == MAX_BATCH_SIZE for v in answer["outputs"].values())
+    refused(url, {"signature_name": "serving_default",
+                  "instances": [{"token_ids": [5] * W}] * (MAX_BATCH_SIZE + 1)},
+            "`instances`", f"{MAX_BATCH_SIZE + 1} instances", "--max-batch-size")
+    refused(url, {"signature_name": "tokenize", "inputs": {"text": ["a"] * (MAX_BATCH_SIZE + 1)}},
+            "'text'", f"shape ({MAX_BATCH_SIZE + 1},)", "--max-batch-size")
+    status, answer = predict(url, {"signature_name": "initial_state", "inputs": {"batch_size": 2}})
+    assert status == 200 and all(len(v) == 2 for v in answer["outputs"].values())
+
+
+def test_too_many_tokens_are_refused_naming_the_input_and_the_server_keeps_serving(server):
+    _, url = server
+    status, answer = predict(url, {"signature_name": "initial_state", "inputs": {"batch_size": 2}})
+    state = answer["outputs"]
+    length = MAX_TOKENS // 2 + W  # 2 rows: just over the limit, a body far under its own
+    refused(url, {"signature_name": "step", "inputs": {"token_ids": [[5] * length] * 2, **state}},
+            "'token_ids'", f"{2 * length} tokens", f"token_ids of shape (2, {length})",
+            f"at most {MAX_TOKENS}", "--max-tokens-per-request")
+    refused(url, {"signature_name": "serving_default", "inputs": {"token_ids": [[5] * (MAX_TOKENS + 1)]}},
+            "'token_ids'", f"(1, {MAX_TOKENS + 1})", "--max-tokens-per-request")
+    # One long text among short ones: the texts are padded to the longest, 2 x (3000 + 2).
+    refused(url, {"signature_name": "tokenize", "inputs": {"text": ["é" * 1500, "a"]}},
+            "'text'", "3000 UTF-8 bytes", f"{2 * 3002} tokens", "--max-tokens-per-request")
+    status, answer = predict(url, {"signature_name": "step",
+                                   "inputs": {"token_ids": [[5] * W] * 2, **state}})
+    assert status == 200 and np.shape(answer["outputs"]["logits"]) == (2, W, V)
+
+
+def test_an_answer_too_large_is_refused_before_the_model_runs_and_the_server_keeps_serving(server):
+    _, url = server
+    # 1 x 1000 x V logits: 259,000 floats, over 4 MB as JSON; 1000 tokens are within the limit.
+    refused(url, {"signature_name": "serving_default", "inputs": {"token_ids": [[5] * 1000]}},
+            "'serving_default'", f"logits of shape (1, 1000, {V})", "token_ids of shape (1, 1000)",
+            f"at most {MAX_RESPONSE_BYTES} bytes", "--max-response-bytes")
+    # score_text answers 4 numbers a token but computes V log-probabilities a token first.
+    refused(url, {"signature_name": "score_text", "inputs": {"text": ["a" * 1000]}},
+            "'score_text'", f"log-probabilities it computes of shape (1, 1002, {V})",
+            "text of shape (1,), the longest 1000 UTF-8 bytes", "--max-response-bytes")
+    data = json.dumps({"signature_name": "serving_default", "inputs": {"token_ids": [[5] * 500]}})
+    request = urllib.request.Request(f"{url}:predict", data.encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        status, answer = response.status, response.read()
+    assert status == 200 and len(answer) <= MAX_RESPONSE_BYTES
+    assert np.shape(json.loads(answer)["outputs"]["logits"]) == (1, 500, V)
+
+
+def test_the_limits_default_to_the_documented_values_and_refuse_what_they_say(exported):
+    import orjson  # KServe's JSON writer
+
+    from keras_brt import serving
+
+    _, path = exported
+    runner = serving.SignatureRunner(path)
+    assert (runner.max_batch_size, runner.max_tokens_per_request, runner.max_response_bytes) == (
+        256, 65536, 64 * 2 ** 20)
+    state = runner.predict({"signature_name": "initial_state", "inputs": {"batch_size": 2}})["outputs"]
+    bodies = [  # What the server above, with its lower limits, refuses, and more
+        {"signature_name": "initial_state", "inputs": {"batch_size": 100}},
+        {"signature_name": "serving_default", "inputs": {"token_ids": [[5] * 1000]}},
+        {"signature_name": "serving_default", "instances": [{"token_ids": [7] * 9}] * 3},
+        {"signature_name": "step", "inputs": {"token_ids": [[5] * (MAX_TOKENS // 2 + W)] * 2, **state}},
+        {"signature_name": "score_text", "inputs": {"text": ["a" * 1000, "ü"]}},
+        {"signature_name": "tokenize", "inputs": {"text": ["é" * 1500, "a"]}},
+    ]
+    for body in bodies:
+        name, arrays, rows = runner._inputs(body)
+        estimate = runner._check_limits(name, arrays, rows)
+        answer = orjson.dumps(runner.predict(body))
+        assert len(answer) <= estimate, (body["signature_name"], len(answer), estimate)
+    lowered = serving.SignatureRunner(path, max_batch_size=99, max_tokens_per_request=4000,
+                                      max_response_bytes=10 ** 6)
+    for body, field in zip(bodies, ["--max-batch-size", "--max-response-bytes", None,
+                                    "--max-tokens-per-request", "--max-response-bytes",
+                                    "--max-tokens-per-request"]):
+        if field is None:
+            assert lowered.predict(body)["predictions"]
+            continue
+        with pytest.raises(serving.RequestError, match=re.escape(field)) as refusal:
+            lowered.predict(body)
+        assert refusal.value.status == 400
+    for name in ("max_body_bytes", "max_batch_size", "max_tokens_per_request", "max_response_bytes"):
+        with pytest.raises(ValueError, match=f"{name}=0"):
+            serving.serve(path, **{name: 0})
 
 
 def test_the_rest_example_streams_a_text_through_the_server(server):
