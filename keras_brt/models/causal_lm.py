@@ -12,7 +12,7 @@ from keras_brt.models import lanes as lane_rows
 from keras_brt.distribute import replicas
 from keras_brt.models.backbone import BlockRecurrentTransformerBackbone, concrete_value
 from keras_brt.models.generation import Generator
-from keras_brt.models.input_checks import checked_inputs, reraising_out_of_vocabulary
+from keras_brt.models.input_checks import checked_batch, checked_inputs, reraising_bad_batches
 from keras_brt.models.losses import TokenCrossEntropy
 from keras_brt.models import preset_io, update_guard
 from keras_brt.models.update_guard import NonFiniteUpdateStop
@@ -421,6 +421,18 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
             return replicas.multi_worker_logs(super().test_step(*args, **kwargs))
         return super().test_step(*args, **kwargs)
 
+    def _purge_model_variables(self, *args, **kwargs):
+        """JAX: keeps each variable's value while `fit`, `evaluate` or `predict` runs.
+
+        Keras empties the variables (to free memory) and puts back the values of the
+        last step that ran; when the first step raises (a bad batch read from a
+        `tf.data` pipeline, an error while tracing) there is none, and the model is
+        left without values: every later call fails with "'NoneType' object is not
+        callable" (keras-team/keras#21019). Keeping them costs no memory: the step
+        donates the very arrays the variables hold, and the trainer puts the new
+        ones back as before.
+        """
+
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # Keras 3.15's TensorFlow trainer under tf.distribute would train on no batch it
         # builds metrics from: see replicas.metrics_build_batch.
@@ -451,14 +463,15 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
             callbacks = [NonFiniteUpdateStop(), *callbacks]
         validation = kwargs.get("validation_data")
         if isinstance(validation, (tuple, list)):
-            checked_inputs(validation[0], self.backbone.vocabulary_size)
+            checked_inputs(validation[0], self.backbone.vocabulary_size,
+                           y=validation[1] if len(validation) > 1 else None, lanes=self._lane_rows(),
+                           batch_size=kwargs.get("validation_batch_size") or batch_size)
         elif validation is not None:
-            kwargs["validation_data"] = checked_inputs(validation, self.backbone.vocabulary_size)
+            kwargs["validation_data"] = self._checked(validation)
         update_guard.raise_if_skipped(self)  # left over from a run that was interrupted
         with self._reraising():
-            history = super().fit(checked_inputs(x, self.backbone.vocabulary_size), y,
-                                  batch_size=batch_size, shuffle=False, callbacks=callbacks,
-                                  **kwargs)
+            history = super().fit(self._checked(x, y, batch_size), y, batch_size=batch_size,
+                                  shuffle=False, callbacks=callbacks, **kwargs)
         update_guard.raise_if_skipped(self)  # also without NonFiniteUpdateStop
         return history
 
@@ -509,27 +522,35 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
 
         return preprocessing.string_count(x)
 
+    def _lane_rows(self):
+        return None if self._lanes is None else self.lane_batch_size
+
+    def _checked(self, x, y=None, batch_size=None):
+        """`x` with every batch checked before a step sees it (see `input_checks`)."""
+        return checked_inputs(x, self.backbone.vocabulary_size, y=y, lanes=self._lane_rows(),
+                              batch_size=batch_size)
+
     def _reraising(self):
-        return reraising_out_of_vocabulary(self.backbone.vocabulary_size)
+        return reraising_bad_batches(self.backbone.vocabulary_size, self._lane_rows())
 
     def train_on_batch(self, x, y=None, sample_weight=None, **kwargs):
-        """`keras.Model.train_on_batch` with the token ids checked first."""
-        checked_inputs(x, self.backbone.vocabulary_size)
+        """`keras.Model.train_on_batch` with the batch checked first."""
         self._ensure_lanes(x)
+        checked_batch(x, self.backbone.vocabulary_size, y, self._lane_rows())
         logs = super().train_on_batch(x, y, sample_weight=sample_weight, **kwargs)
         update_guard.raise_if_skipped(self)
         return logs
 
     def test_on_batch(self, x, y=None, sample_weight=None, **kwargs):
-        """`keras.Model.test_on_batch` with the token ids checked first."""
-        checked_inputs(x, self.backbone.vocabulary_size)
+        """`keras.Model.test_on_batch` with the batch checked first."""
         self._ensure_lanes(x)
+        checked_batch(x, self.backbone.vocabulary_size, y, self._lane_rows())
         return super().test_on_batch(x, y, sample_weight=sample_weight, **kwargs)
 
     def predict_on_batch(self, x):
-        """`keras.Model.predict_on_batch` with the token ids checked first."""
-        checked_inputs(x, self.backbone.vocabulary_size)
+        """`keras.Model.predict_on_batch` with the batch checked first."""
         self._ensure_lanes(x)
+        checked_batch(x, self.backbone.vocabulary_size, None, self._lane_rows())
         return super().predict_on_batch(x)
 
     def compile_from_config(self, config):
@@ -548,8 +569,8 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
         self._ensure_lanes(x, batch_size)
         self.reset_state("eval")
         with self._reraising():
-            return super().evaluate(checked_inputs(x, self.backbone.vocabulary_size), y,
-                                    batch_size=batch_size, **kwargs)
+            return super().evaluate(self._checked(x, y, batch_size), y, batch_size=batch_size,
+                                    **kwargs)
 
     def predict(self, x, batch_size=None, **kwargs):
         """`keras.Model.predict` starting from fresh inference lanes (strings too, with a
@@ -560,8 +581,8 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
         self._ensure_lanes(x, batch_size)
         self.reset_state("eval")
         with self._reraising():
-            logits = super().predict(checked_inputs(x, self.backbone.vocabulary_size),
-                                     batch_size=batch_size, **kwargs)
+            logits = super().predict(self._checked(x, None, batch_size), batch_size=batch_size,
+                                     **kwargs)
         return logits if rows is None else logits[:rows]
 
     # === Presets and config ===

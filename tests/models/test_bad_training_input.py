@@ -172,3 +172,77 @@ def test_call_with_state_takes_python_lists_and_names_empty_or_ragged_ids():
         lm.call_with_state([[1.5, 2.0]])
     with pytest.raises(ValueError, match="token_ids"):
         lm.call_with_state([])
+
+
+def still_works(lm, ids):
+    """After a refused batch the model trains, predicts, steps and generates as before
+    (on JAX a step that raised would have left Keras's trainer without its state)."""
+    lm.fit(ids[:, :-1], ids[:, 1:], batch_size=B, verbose=0)
+    assert lm.predict(ids[:, :-1], batch_size=B, verbose=0).shape == (B, T, V)
+    logits, _ = lm.call_with_state(ids[:, :-1])
+    assert np.isfinite(np.asarray(logits)).all()
+    assert lm.generate(ids[:, :3], max_length=6)["token_ids"].shape == (B, 6)
+
+
+def test_fit_on_arrays_names_bad_targets_and_rows_before_the_step_and_the_model_keeps_working():
+    lm = compiled_lm()
+    ids = token_ids(B * 2, T + 1, seed=8)
+    x, y = ids[:, :-1], ids[:, 1:]
+    lm.fit(x, y, batch_size=B, verbose=0)
+    before = weights(lm)
+    for call, message in (
+        (lambda: lm.fit(x, y[:, :-1], batch_size=B, verbose=0),
+         r"`y` \(the next-token targets\) must have the shape of `token_ids`.*"
+         rf"y.shape=\({2 * B}, {T - 1}\) and token_ids.shape=\({2 * B}, {T}\)"),
+        (lambda: lm.fit(x, y + V, batch_size=B, verbose=0),
+         r"`y` \(the next-token targets\) must lie in \[0, vocabulary_size=40\).*Received: y=\d+"),
+        (lambda: lm.fit(x[:3], y[:3], batch_size=3, verbose=0),
+         r"carries 2 lanes.*a batch of 3 rows \(3 rows of token_ids, batch_size=3\)"),
+        (lambda: lm.fit(x[:3], y[:3], batch_size=B, verbose=0),
+         r"carries 2 lanes.*a batch of 1 row \(the last of 3 rows"),
+        (lambda: lm.evaluate(x, y[:, :-1], batch_size=B, verbose=0), r"must have the shape"),
+        (lambda: lm.train_on_batch(x[:3], y[:3]), r"a batch of 3 rows"),
+        (lambda: lm.test_on_batch(x[:B], y[:B] - V), r"Received: y=-\d+"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            call()
+        assert_same(before, weights(lm))
+    still_works(lm, ids[:B])
+
+
+@pytest.mark.slow
+def test_generators_and_tf_data_name_bad_targets_and_rows_and_the_model_keeps_working():
+    lm = compiled_lm()
+    ids = token_ids(B * 3, T + 1, seed=9)
+    x, y = ids[:, :-1], ids[:, 1:]
+    lm.fit(x[:B], y[:B], batch_size=B, verbose=0)
+
+    def batches(rows=B, cut=0, shift=0):
+        for i in range(2):
+            yield x[i * rows:(i + 1) * rows], y[i * rows:(i + 1) * rows, cut:] + shift
+
+    cases = [
+        (lambda: lm.fit(batches(rows=3), steps_per_epoch=2, verbose=0), r"a batch of 3 rows"),
+        (lambda: lm.fit(batches(cut=1), steps_per_epoch=2, verbose=0), r"must have the shape"),
+        (lambda: lm.fit(batches(shift=V), steps_per_epoch=2, verbose=0),
+         r"`y` \(the next-token targets\) must lie"),
+    ]
+    try:
+        import tensorflow as tf
+    except ImportError:
+        tf = None
+    if tf is not None:
+        def dataset(rows=B, cut=0, shift=0):
+            return tf.data.Dataset.from_tensor_slices((x, y[:, cut:] + shift)).batch(rows)
+
+        cases += [
+            (lambda: lm.fit(dataset(rows=3), verbose=0), r"carries 2 lanes.*a batch of 3 rows"),
+            (lambda: lm.fit(dataset(cut=1), verbose=0),
+             rf"y.shape=\({B}, {T - 1}\) and token_ids.shape=\({B}, {T}\)"),
+            (lambda: lm.fit(dataset(shift=V), verbose=0), rf"Received: y={V}|Received: y=\d+"),
+            (lambda: lm.evaluate(dataset(rows=3), verbose=0), r"a batch of 3 rows"),
+        ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message):
+            call()
+        still_works(lm, ids[:B])
