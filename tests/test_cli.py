@@ -342,6 +342,72 @@ def test_generate_checks_its_arguments_before_loading_the_model(tmp_path, capsys
     assert "no_run" in capsys.readouterr().err
 
 
+# The byte presets have 264 ids, the ByteTokenizer 259; the text never holds padding, BOS or
+# the ids 259 to 263, which it cannot decode (they crashed `generate`: "bytes must be in
+# range(0, 256)").
+UNSAMPLABLE = [0, 1, 259, 260, 261, 262, 263]
+
+
+@pytest.fixture(scope="module")
+def favouring_preset(tmp_path_factory):
+    """A preset folder (model and ByteTokenizer), as a run writes, whose model's logits favour
+    the ids the tokenizer cannot decode (and padding and BOS) by about 20, whatever the text."""
+    from keras_brt.data import ByteTokenizer
+    from tests.models.common import make_lm_favouring
+
+    lm = make_lm_favouring(UNSAMPLABLE)
+    lm.generator.tokenizer = ByteTokenizer()
+    folder = str(tmp_path_factory.mktemp("favouring") / "preset")
+    lm.save_to_preset(folder)
+    return folder
+
+
+def _record_decoding(monkeypatch):
+    """The id sequences `ByteTokenizer.detokenize` is given from now on, in order."""
+    from keras_brt.data import ByteTokenizer
+
+    seen, detokenize = [], ByteTokenizer.detokenize
+
+    def recording(self, ids):
+        seen.append(np.asarray(ids))
+        return detokenize(self, ids)
+
+    monkeypatch.setattr(ByteTokenizer, "detokenize", recording)
+    return seen
+
+
+@pytest.mark.parametrize("sampler", [[], ["--sampler", "greedy"]])  # the default is top_p
+def test_generate_never_samples_ids_the_tokenizer_cannot_decode(favouring_preset, sampler, capsys,
+                                                                monkeypatch):
+    from keras_brt.data import ByteTokenizer
+
+    decoded = _record_decoding(monkeypatch)
+    argv = ["generate", favouring_preset, "--prompt", "def ", "--max-new-tokens", "16", "--seed", "0"]
+    assert cli.main(argv + sampler) == 0, capsys.readouterr().err
+    row = decoded[-1]  # BOS, the prompt's 4 bytes, then what was generated
+    assert row[0] == 1 and len(row) == 1 + 4 + 16
+    assert not np.isin(row[5:], UNSAMPLABLE).any(), row[5:]
+    assert capsys.readouterr().out == "def " + ByteTokenizer().detokenize(row[5:]) + "\n"
+
+
+@pytest.mark.slow  # three compilations of the generate step (Python, and two fresh CLI loads)
+def test_generate_continues_an_empty_prompt_as_python_does(favouring_preset, tmp_path, capsys):
+    """`--prompt ""` (or an empty --prompt-file) is `lm.generate("")`: a BOS alone, then text
+    (padding and BOS, which the model favours here, are never generated). No prompt at all
+    stays an error (test_generate_checks_its_arguments_before_loading_the_model)."""
+    from keras_brt.models import BlockRecurrentTransformerCausalLM
+
+    lm = BlockRecurrentTransformerCausalLM.from_preset(favouring_preset)
+    expected = lm.generate("", max_length=9, sampler="greedy", stop_token_ids="auto")
+    assert len(expected) > 0
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    for prompt in (["--prompt", ""], ["--prompt-file", str(empty)]):
+        argv = ["generate", favouring_preset, *prompt, "--max-new-tokens", "8", "--sampler", "greedy"]
+        assert cli.main(argv) == 0, capsys.readouterr().err
+        assert capsys.readouterr().out == expected + "\n"
+
+
 def test_train_refuses_resume_without_a_run_and_an_output_that_is_a_file(tmp_path, capsys):
     missing = str(tmp_path / "no_such_run")
     assert cli.main(["train", "--output", missing, "--resume"]) == 2

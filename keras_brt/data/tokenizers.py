@@ -60,9 +60,10 @@ class ByteTokenizer(keras.layers.Layer):
         return self(inputs)
 
     def detokenize(self, ids):
-        """Python text of a 1-D id sequence; special ids are dropped."""
+        """Python text of a 1-D id sequence; special ids and ids outside the vocabulary
+        (such as the padding ids 259 to 263 of a model of 264 ids) decode to nothing."""
         ids = np.asarray(ids).reshape(-1)
-        data = bytes(int(i) - self.offset for i in ids if i >= self.offset)
+        data = bytes(int(i) - self.offset for i in ids if self.offset <= i < self.vocabulary_size)
         return data.decode("utf-8", errors="replace")
 
     def bytes_per_token(self, text):
@@ -190,8 +191,10 @@ class SentencePieceTokenizer(keras.layers.Layer):
         return self(inputs)
 
     def detokenize(self, ids):
-        """Python text of a 1-D id sequence; padding and specials are dropped."""
-        ids = [int(i) for i in np.asarray(ids).reshape(-1) if int(i) > self.eos_id]
+        """Python text of a 1-D id sequence; padding, specials and ids outside the
+        vocabulary decode to nothing."""
+        ids = [int(i) for i in np.asarray(ids).reshape(-1)
+               if self.eos_id < int(i) < self.vocabulary_size]
         return self._tokenizer.detokenize(tf.constant(ids, tf.int32)).numpy().decode("utf-8", "replace")
 
     def save_model(self, path):

@@ -268,14 +268,23 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
         decoded one at a time with a fixed-size cache; the state advances at
         every block boundary, exactly as `call_with_state` computes it (greedy
         output equals the argmax of `call_with_state` on the generated text).
-        The decoding function is XLA-compiled once per batch size, `max_length`
-        and sampler, and reused (see `keras_brt.models.generation.Generator`).
+        The decoding function is XLA-compiled once per batch size, `max_length`,
+        sampler and whether ids are masked, and reused (see
+        `keras_brt.models.generation.Generator`).
+
+        Strings out are made of ids the tokenizer can decode: the ids at or above
+        its vocabulary size (the byte presets' 264 ids hold `ByteTokenizer`'s 259),
+        its padding id and its BOS are never sampled, whatever the sampler (their
+        logits are -inf inside the compiled step;
+        `keras_brt.models.generation.samplable_ids`). Its EOS and the stop ids stay
+        samplable. Ids out are never masked. Greedy text is then the argmax over
+        the samplable ids.
 
         Args:
             inputs: a string or list of strings (with a tokenizer; a BOS is
-                prepended), a sequence of ids, a list of id sequences of any
-                lengths, a 2-D array, or a dict with `token_ids` and
-                `padding_mask` (right-padded).
+                prepended, so `""` continues from the BOS alone), a sequence of
+                ids, a list of id sequences of any lengths, a 2-D array, or a dict
+                with `token_ids` and `padding_mask` (right-padded).
             max_length: int, total length of prompt plus output (above every
                 prompt's length).
             sampler: a name (`"greedy"`, `"random"`, `"top_k"`, `"top_p"`), a

@@ -11,6 +11,9 @@ prompt or the output:
 2. decode: one token per step through `backbone.decode_step`; the rest of each
    prompt is fed token by token, then the sampler picks tokens. After every
    block's last token the recurrent state advances, exactly as in training.
+
+When the output is decoded to text, the sampler only ever sees the ids the tokenizer
+can decode (`samplable_ids`): the others' logits are -inf inside the compiled step.
 """
 
 import numpy as np
@@ -57,22 +60,32 @@ class Generator:
         stop = stop_ids(stop_token_ids, tokenizer, vocabulary_size)
         sampler = get_sampler(sampler) if sampler is not None else self.sampler
         uniforms = np.random.default_rng(seed).random(token_ids.shape[::-1], dtype="float32")
-        output, ended = self.compiled(lm, sampler)(token_ids, lengths, uniforms, stop)
+        # Text out: only ids the tokenizer can decode are sampled. Ids out: no mask at all.
+        allowed = samplable_ids(tokenizer, vocabulary_size, stop) if strings else None
+        arguments = (token_ids, lengths, uniforms, stop) + ((allowed,) if strings else ())
+        output, ended = self.compiled(lm, sampler, masked=strings)(*arguments)
         return finish_outputs(np.asarray(output), lengths, stop, strip_prompt,
                               tokenizer if strings else None, single)
 
-    def compiled(self, lm, sampler):
-        """The XLA-compiled generate step of `lm` with `sampler`, made once and reused."""
-        key = (type(sampler).__name__, repr(sorted(sampler.get_config().items())))
+    def compiled(self, lm, sampler, masked=False):
+        """The XLA-compiled generate step of `lm` with `sampler`, with or without a mask
+        of the samplable ids (an argument, so any tokenizer's mask reuses it), made once
+        and reused."""
+        key = (type(sampler).__name__, repr(sorted(sampler.get_config().items())), masked)
         if key not in self._functions:
-            def step(token_ids, lengths, uniforms, stop):
-                return generate_step(lm, sampler, token_ids, lengths, uniforms, stop)
+            if masked:
+                def step(token_ids, lengths, uniforms, stop, allowed):
+                    return generate_step(lm, sampler, token_ids, lengths, uniforms, stop, allowed)
+            else:
+                def step(token_ids, lengths, uniforms, stop):
+                    return generate_step(lm, sampler, token_ids, lengths, uniforms, stop)
 
             self._functions[key] = compile_function(lm, step)
         return self._functions[key]
 
 
-def generate_step(lm, sampler, token_ids, prompt_lengths, uniforms, stop_token_ids, pad_id=0):
+def generate_step(lm, sampler, token_ids, prompt_lengths, uniforms, stop_token_ids, allowed=None,
+                  pad_id=0):
     """Generates into `token_ids` `(B, L)` after each row's prompt.
 
     Args:
@@ -82,6 +95,11 @@ def generate_step(lm, sampler, token_ids, prompt_lengths, uniforms, stop_token_i
         prompt_lengths: int `(B,)`, each >= 1.
         uniforms: float `(L, B)`: the random draw for each position.
         stop_token_ids: int `(n,)`; a row ends after generating one of them.
+        allowed: bool `(V,)` or None: the ids that may be sampled (see
+            `samplable_ids`); the others' logits are -inf before the sampler sees
+            them, and a sampler that returns one anyway (one that picks a token of
+            zero probability) gets the most likely allowed id instead. None: every id,
+            and the step is exactly the unmasked one.
         pad_id: written after a row has ended.
 
     Returns:
@@ -113,7 +131,12 @@ def generate_step(lm, sampler, token_ids, prompt_lengths, uniforms, stop_token_i
         token = ops.take(ids, t, axis=1)  # (B,)
         hidden, cache = backbone.decode_step(token, t % w, cache)  # (B, D)
         logits = lm.compute_logits(hidden[:, None])[:, 0]  # (B, V) float32
+        if allowed is not None:
+            logits = ops.where(allowed[None, :], logits, float("-inf"))  # (B, V)
         chosen = sampler(logits, ops.take(uniforms, t + 1, axis=0))  # (B,)
+        if allowed is not None:
+            best = ops.cast(ops.argmax(logits, axis=-1), chosen.dtype)  # (B,)
+            chosen = ops.where(ops.take(allowed, chosen, axis=0), chosen, best)  # (B,)
         forced = t + 1 < prompt_lengths  # (B,) still inside the prompt
         following = ops.where(
             forced, ops.take(ids, t + 1, axis=1), ops.where(ended, pad_id, chosen)
@@ -196,6 +219,47 @@ def stop_ids(stop_token_ids, tokenizer, vocabulary_size):
             f"Received: stop_token_ids={stop.tolist()}"
         )
     return stop
+
+
+def tokenizer_vocabulary_size(tokenizer):
+    """The number of ids `tokenizer` can decode: its `vocabulary_size` (an attribute, as
+    keras_brt's tokenizers have, or a method, as KerasHub's), or None when it has none."""
+    size = getattr(tokenizer, "vocabulary_size", None)
+    if callable(size):
+        size = size()
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
+        return None
+    return int(size)
+
+
+def samplable_ids(tokenizer, vocabulary_size, stop_token_ids=()):
+    """bool `(vocabulary_size,)`: the ids `generate()` may sample when it decodes its
+    output with `tokenizer`.
+
+    Left out: the ids the tokenizer cannot decode, those at or above its own
+    vocabulary size (the byte presets' 264 ids hold `ByteTokenizer`'s 259 and 5 of
+    padding), and its padding and BOS ids (`pad_id`, `bos_id`), which decode to nothing
+    and are never a training target (every document starts with a BOS; padding has no
+    weight). Its EOS and every id of `stop_token_ids` inside its vocabulary stay
+    samplable, so that rows can stop.
+    """
+    allowed = np.ones((vocabulary_size,), bool)
+    size = tokenizer_vocabulary_size(tokenizer)
+    if size is not None:
+        allowed[size:] = False
+    for name in ("pad_id", "bos_id"):
+        special = getattr(tokenizer, name, None)
+        if isinstance(special, (int, np.integer)) and 0 <= special < vocabulary_size:
+            allowed[special] = False
+    stops = np.asarray(stop_token_ids, "int64").reshape(-1)
+    allowed[stops[stops < (vocabulary_size if size is None else min(size, vocabulary_size))]] = True
+    if not allowed.any():
+        raise ValueError(
+            "The tokenizer can decode none of the model's ids, so no text can be generated. "
+            f"Received: tokenizer={tokenizer!r} with vocabulary_size={size} for a model of "
+            f"vocabulary_size={vocabulary_size}"
+        )
+    return allowed
 
 
 def finish_outputs(output, lengths, stop, strip_prompt, tokenizer, single):

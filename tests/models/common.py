@@ -30,3 +30,26 @@ def token_ids(batch=2, length=24, seed=0):
 
 def numpy_state(state):
     return {k: np.asarray(v) for k, v in state.items()}
+
+
+def make_lm_favouring(favoured, vocabulary_size=264, avoided=(2,), seed=5):
+    """A tiny causal LM whose next-token logits favour the `favoured` ids by about 20 over
+    every other id, whatever the text, and put the `avoided` ids about 20 below them.
+
+    The tied embedding table's first column is 40 for the favoured ids, 0 for the avoided
+    ones and 20 for the rest: it dominates the residual stream (every layer adds O(1) to
+    it), so the final RMS-normalised hidden state points along it and the logit of id v
+    is about `embeddings[v, 0]`. Default: the byte presets' 264 ids, EOS avoided (so that
+    rows run to `max_length`).
+    """
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    lm = make_lm(vocabulary_size=vocabulary_size)
+    lm.build()
+    table = np.array(lm.backbone.token_embedding.embeddings)
+    table[:, 0] = 20.0
+    table[list(favoured), 0] = 40.0
+    table[list(avoided), 0] = 0.0
+    lm.backbone.token_embedding.embeddings.assign(table)
+    return lm

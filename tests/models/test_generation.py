@@ -9,9 +9,12 @@ from keras_brt.data import ByteTokenizer
 from keras_brt.models import BlockRecurrentTransformerCausalLM, generation
 from keras_brt.models.compiling import compile_function
 from keras_brt.models import GreedySampler, RandomSampler, TopKSampler, TopPSampler, get_sampler
-from tests.models.common import V, W, make_lm, token_ids
+from tests.models.common import V, W, make_lm, make_lm_favouring, token_ids
 
 MAX = 6 * W + 4  # One max_length and batch 2 for most tests: one compiled function serves them.
+# What a model of the byte presets' 264 ids may generate as text: not padding (0), not BOS (1),
+# not the ids 259 to 263 that ByteTokenizer's 259 ids leave over.
+UNSAMPLABLE = [0, 1, 259, 260, 261, 262, 263]
 
 
 @pytest.fixture(scope="module")
@@ -215,3 +218,120 @@ def test_sampler_arguments_are_checked():
 def test_max_length_shorter_than_a_block(lm):
     output = lm.generate([[1, 2], [3]], max_length=W - 1)
     _assert_greedy_is_the_argmax(lm, [[1, 2], [3]], output)
+
+
+@pytest.fixture(scope="module")
+def favouring_lm():
+    """264 ids, like the byte presets; its logits favour the ids a ByteTokenizer cannot turn
+    into text (and padding and BOS) by about 20, whatever the text."""
+    return make_lm_favouring(UNSAMPLABLE)
+
+
+@pytest.fixture
+def decoded(monkeypatch):
+    """Every id sequence `ByteTokenizer.detokenize` is given, in order."""
+    seen, detokenize = [], ByteTokenizer.detokenize
+
+    def recording(self, ids):
+        seen.append(np.asarray(ids))
+        return detokenize(self, ids)
+
+    monkeypatch.setattr(ByteTokenizer, "detokenize", recording)
+    return seen
+
+
+def _masked_argmax(lm, ids):
+    """The greedy next token after each position of `ids` `(2, MAX)` among the samplable ids
+    (always of that shape: the first eager call of a shape is slow)."""
+    logits = np.array(lm.call_with_state(ids)[0])
+    logits[..., UNSAMPLABLE] = -np.inf
+    return logits.argmax(-1)
+
+
+@pytest.mark.parametrize("sampler", ["greedy", "random"])
+def test_ids_the_tokenizer_cannot_decode_are_never_sampled(favouring_lm, decoded, sampler):
+    # The byte presets have 264 ids, the ByteTokenizer 259: ids 259 to 263 used to be sampled
+    # and crashed the decoding ("bytes must be in range(0, 256)").
+    lm, prompts = favouring_lm, ["def f(x):", "x"]
+    logits = np.asarray(lm.call_with_state(np.array([[1, 103, 104]], "int32"))[0])
+    assert logits[0, -1].argmax() in UNSAMPLABLE[2:]  # unmasked, the model wants them
+    texts = lm.generate(prompts, max_length=MAX, sampler=sampler, seed=0, tokenizer=ByteTokenizer())
+    rows = decoded[-2:]  # what generate() decoded: each row up to its end
+    for text, prompt, row in zip(texts, prompts, rows):
+        n = 1 + len(prompt)
+        assert row[0] == 1 and ByteTokenizer().detokenize(row[:n]) == prompt
+        assert len(row) == MAX  # EOS is unlikely here: every row runs to max_length
+        assert not np.isin(row[n:], UNSAMPLABLE).any(), row[n:]
+        assert text == prompt + ByteTokenizer().detokenize(row[n:]) and len(text) > len(prompt)
+    if sampler == "greedy":  # the most likely samplable id, at every step
+        ids = np.stack(rows)
+        predicted = _masked_argmax(lm, ids)
+        for row, prompt in enumerate(prompts):
+            n = 1 + len(prompt)
+            np.testing.assert_array_equal(ids[row, n:], predicted[row, n - 1:-1])
+
+
+@pytest.mark.slow  # compiles further samplers
+def test_no_sampler_picks_an_id_the_tokenizer_cannot_decode(favouring_lm, decoded):
+    class HubLeastLikely:  # keras_hub.samplers.Sampler's interface: picks what is least likely
+        def compute_probabilities(self, logits):
+            return ops.softmax(logits, axis=-1)
+
+        def get_next_token(self, probabilities):
+            return ops.argmin(probabilities, axis=-1)  # a masked id, of probability 0
+
+        def get_config(self):
+            return {}
+
+    tokenizer = ByteTokenizer()
+    for sampler in (TopKSampler(k=40), TopPSampler(p=0.99), RandomSampler(temperature=3.0),
+                    HubLeastLikely()):
+        favouring_lm.generate(["def f(x):", "x"], max_length=MAX, sampler=sampler, seed=1,
+                              tokenizer=tokenizer)
+        for row, n in zip(decoded[-2:], (10, 2)):
+            assert len(row) == MAX and not np.isin(row[n:], UNSAMPLABLE).any(), (sampler, row[n:])
+    # A sampler that still returns a masked id gets the most likely samplable one instead.
+    ids = np.stack(decoded[-2:])
+    np.testing.assert_array_equal(ids[1, 2:], _masked_argmax(favouring_lm, ids)[1, 1:-1])
+
+
+def test_without_a_tokenizer_every_id_can_be_generated(favouring_lm):
+    # Ids in, ids out: nothing is masked, the step is the unmasked one.
+    output = favouring_lm.generate([[1, 103, 104], [1, 50]], max_length=MAX)["token_ids"]
+    assert np.isin(output[0, 3:], UNSAMPLABLE).all() and np.isin(output[1, 2:], UNSAMPLABLE).all()
+
+
+def test_an_empty_prompt_continues_from_bos_alone(favouring_lm, decoded):
+    # An empty string is a BOS alone, as `keras-brt generate RUN --prompt ""` gives it
+    # (tests/test_cli.py); the text follows from it, never padding or BOS (which decode
+    # to nothing: a model that favours BOS used to give "").
+    tokenizer = ByteTokenizer()
+    text = favouring_lm.generate("", max_length=MAX, tokenizer=tokenizer)
+    row = decoded[-1]
+    assert row[0] == 1 and len(row) == MAX and not np.isin(row[1:], UNSAMPLABLE).any()
+    np.testing.assert_array_equal(row[1:], _masked_argmax(favouring_lm, np.stack([row] * 2))[0, :-1])
+    assert text == tokenizer.detokenize(row) and len(text) > 0
+    assert favouring_lm.generate([""], max_length=MAX, tokenizer=tokenizer) == [text]
+
+
+def test_a_preprocessors_tokenizer_masks_the_same_ids(favouring_lm, decoded):
+    from keras_brt.data import BlockRecurrentTransformerCausalLMPreprocessor
+
+    preprocessor = BlockRecurrentTransformerCausalLMPreprocessor(ByteTokenizer(), sequence_length=8)
+    lm = BlockRecurrentTransformerCausalLM(favouring_lm.backbone, preprocessor=preprocessor)
+    text = lm.generate("x", max_length=MAX)
+    assert text == favouring_lm.generate("x", max_length=MAX, tokenizer=ByteTokenizer())
+    assert not np.isin(decoded[-1][2:], UNSAMPLABLE).any()
+
+
+def test_samplable_ids_and_decoding_of_ids_outside_the_vocabulary():
+    tokenizer = ByteTokenizer()
+    allowed = generation.samplable_ids(tokenizer, 264, generation.stop_ids("auto", tokenizer, 264))
+    assert allowed.shape == (264,) and np.flatnonzero(~allowed).tolist() == UNSAMPLABLE
+    assert allowed[2]  # EOS stays samplable: rows must be able to stop
+    assert generation.samplable_ids(tokenizer, 264, [1])[1]  # a stop id is never masked
+    assert generation.samplable_ids(object(), 10).all()  # nothing known of it: nothing masked
+    # Decoding never fails: ids outside the vocabulary decode to nothing, as specials do.
+    assert tokenizer.detokenize([1, 107, 259, 263, 108, 0, 2, 400]) == "hi"
+    with pytest.raises(ValueError, match="vocabulary_size=0 for a model of vocabulary_size=4"):
+        generation.samplable_ids(type("NoIds", (), {"vocabulary_size": 0})(), 4)
