@@ -50,6 +50,7 @@ from keras_brt.layers.attention import (
 )
 from keras_brt.layers.common import (
     FeedForward,
+    apply_dense,
     check_choice,
     check_positive_int,
     check_rate,
@@ -375,7 +376,7 @@ class BlockRecurrentCell(DropoutRNNCell, keras.layers.Layer):
         if dropout_mask is not None:
             x = x * dropout_mask
         q_self, keys, values, q_cross = split_heads(
-            self.token_qkv_dense(x), 4, self.num_heads, self.head_dim
+            apply_dense(self.token_qkv_dense, x), 4, self.num_heads, self.head_dim
         )  # 4 × (B, ..., H, K)
         return TokenProjections(l2_normalize(q_self), l2_normalize(keys), values,
                                 l2_normalize(q_cross))
@@ -386,7 +387,7 @@ class BlockRecurrentCell(DropoutRNNCell, keras.layers.Layer):
         and cross-attention: a `StateProjections` of `(B, S, H, K)` tensors."""
         s = self.state_norm(state) + ops.cast(self.state_ids, state.dtype)  # (B, S, D)
         q_self, keys, values, q_cross = split_heads(
-            self.state_qkv_dense(s), 4, self.num_heads, self.head_dim
+            apply_dense(self.state_qkv_dense, s), 4, self.num_heads, self.head_dim
         )  # 4 × (B, S, H, K)
         return StateProjections(l2_normalize(q_self), l2_normalize(keys), values,
                                 l2_normalize(q_cross))
@@ -424,7 +425,7 @@ class BlockRecurrentCell(DropoutRNNCell, keras.layers.Layer):
         token_heads = ops.reshape(
             ops.concatenate([token_self, token_cross], axis=2), (batch, length, 2 * hk)
         )  # (B, Q, 2HK)
-        outputs = inputs + self.token_output_dense(token_heads)  # (B, Q, D)
+        outputs = inputs + apply_dense(self.token_output_dense, token_heads)  # (B, Q, D)
         return outputs + self.feed_forward(
             outputs, training=training, dropout_mask=None if masks is None else masks.feed_forward
         )  # (B, Q, D)
@@ -495,10 +496,10 @@ class BlockRecurrentCell(DropoutRNNCell, keras.layers.Layer):
 
     def _update_state(self, state, state_heads):
         if self.state_mlp == "single":
-            hidden = self.state_hidden_dense(state_heads)  # (B, S, I)
-            update = ops.tanh(self.state_output_dense(hidden))  # (B, S, D)
+            hidden = apply_dense(self.state_hidden_dense, state_heads)  # (B, S, I)
+            update = ops.tanh(apply_dense(self.state_output_dense, hidden))  # (B, S, D)
             return self.state_gate(state, update, hidden)  # (B, S, D)
-        update = self.state_output_dense(state_heads)  # (B, S, D)
+        update = apply_dense(self.state_output_dense, state_heads)  # (B, S, D)
         new_state = self.state_gate(state, update, state_heads)  # (B, S, D)
         if self.state_mlp == "dual":
             update, hidden = self.state_feed_forward(new_state, return_hidden=True)  # (B, S, D), (B, S, I)

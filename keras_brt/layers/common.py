@@ -30,6 +30,27 @@ def dense(units, name, dtype, input_dim, activation=None):
     return layer
 
 
+def apply_dense(layer, x):
+    """`layer(x)` for a Dense `layer` on `x` `(B, ..., E)`, computed on the `(B·…, E)` rows
+    when a leading size is unknown at trace time.
+
+    TensorFlow's `fit` traces with an unknown batch size when a batch is partial (the last
+    one, or fewer samples than `batch_size`). Its Dense on such an input of rank > 2 is
+    `tf.tensordot`, which then transposes by a computed permutation (a `ConcatV2`, not a
+    constant); inside an RNN loop, the loop's gradient reads that permutation back from the
+    forward pass through an accumulator, so it is no longer a compile-time constant and XLA
+    (`jit_compile=True`) refuses the transpose. A rank-2 product has no transpose (Keras's
+    LSTM cell only multiplies rank-2 inputs) and gives the same numbers. Static shapes
+    (full batches, JAX) keep `layer(x)` itself.
+    """
+    if all(size is not None for size in x.shape[:-1]):
+        return layer(x)
+    shape = ops.shape(x)
+    leading = tuple(shape[i] for i in range(len(x.shape) - 1))
+    y = layer(ops.reshape(x, (-1, x.shape[-1])))  # (B·…, units)
+    return ops.reshape(y, leading + (y.shape[-1],))  # (B, ..., units)
+
+
 def check_choice(arg, value, choices):
     """Raises a `ValueError` naming `arg` unless `value` is one of `choices`."""
     if value not in choices:
@@ -137,8 +158,8 @@ class FeedForward(keras.layers.Layer):
         self.output_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
 
     def call(self, inputs, training=False, dropout_mask=None, return_hidden=False):
-        hidden = self.hidden_dense(self.norm(inputs))
-        outputs = self.output_dense(hidden)
+        hidden = apply_dense(self.hidden_dense, self.norm(inputs))
+        outputs = apply_dense(self.output_dense, hidden)
         if dropout_mask is not None:
             outputs = outputs * ops.cast(dropout_mask, outputs.dtype)
         else:

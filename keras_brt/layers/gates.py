@@ -7,7 +7,7 @@ connection of the state path, `new = a ⊙ old + b ⊙ update`.
 import keras
 from keras import ops
 
-from keras_brt.layers.common import check_choice
+from keras_brt.layers.common import apply_dense, check_choice
 
 GATES = ("fixed", "lstm")
 CHRONO_MAX_BLOCKS = 64
@@ -189,8 +189,8 @@ class LSTMGate(keras.layers.Layer):
 
     def call(self, old, update, gate_input=None):
         gate_input = old if gate_input is None else gate_input
-        forget = ops.sigmoid(ops.cast(self.forget_dense(gate_input), "float32") + 1.0)
-        inputs = ops.sigmoid(ops.cast(self.input_dense(gate_input), "float32") - 1.0)
+        forget = ops.sigmoid(ops.cast(apply_dense(self.forget_dense, gate_input), "float32") + 1.0)
+        inputs = ops.sigmoid(ops.cast(apply_dense(self.input_dense, gate_input), "float32") - 1.0)
         return ops.cast(forget, old.dtype) * old + ops.cast(inputs, old.dtype) * update
 
     def compute_output_shape(self, old_shape, update_shape=None, gate_input_shape=None):

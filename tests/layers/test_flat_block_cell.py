@@ -81,6 +81,32 @@ def test_stacked_flat_cells_train_under_xla_and_round_trip(tmp_path):
     assert history.history["loss"][-1] < history.history["loss"][0]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("num_samples, batch_size, cell_kwargs", [
+    (3, 2, {}),
+    (2, None, {"gate": "lstm", "state_mlp": "dual"}),
+], ids=["last_batch_partial", "fewer_than_default_batch_size"])
+def test_partial_batches_train_under_xla(num_samples, batch_size, cell_kwargs):
+    """A batch smaller than `batch_size` (the last of 3 samples at 2, or 2 samples at Keras's
+    default 32) has an unknown batch size when TensorFlow traces it: compiled fit still
+    trains (issue 33: XLA refused the loop's gradient), and the partial batch's rows equal
+    the same rows computed in one full batch. The LSTM gate and the dual state MLP bring
+    the cell's remaining Dense layers into the loop."""
+    inputs = keras.Input((N, W * D))
+    cell = FlatBlockRecurrentCell(_cell(**cell_kwargs))
+    model = keras.Model(inputs, keras.layers.RNN(cell, return_sequences=True)(inputs))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse", jit_compile=True)
+    x = _blocks(batch=num_samples).reshape(num_samples, N, W * D)
+    before = [np.array(v) for v in model.trainable_weights]
+    history = model.fit(x, x, batch_size=batch_size, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    unchanged = [v.path for v, b in zip(model.trainable_weights, before)
+                 if np.array_equal(b, np.asarray(v))]
+    assert not unchanged
+    partial = model.predict(x, batch_size=batch_size, verbose=0)  # compiled, partial batch
+    np.testing.assert_allclose(partial, np.asarray(model(x)), atol=1e-5)  # one full batch
+
+
 def test_bad_cells_and_step_sizes_are_named():
     with pytest.raises(ValueError, match=r"`cell` must be a BlockRecurrentCell. Received: cell=Dense"):
         FlatBlockRecurrentCell(keras.layers.Dense(3))
