@@ -36,6 +36,8 @@ setup(
     extras_require={
         # `keras-brt serve`: TF Serving's REST protocol with KServe's Python model server.
         "serve": ["kserve>=0.15"],
+        # The JAX backend (KERAS_BACKEND=jax), CPU build; TensorFlow stays the default backend.
+        "jax": ["jax[cpu]>=0.4.36"],
         # The suite runs on the TensorFlow and the JAX backends, and serves over HTTP.
         "test": ["pytest>=8", "pytest-xdist>=3", "jax[cpu]>=0.4.36", "kserve>=0.15"],
     },

@@ -1,7 +1,9 @@
 """`keras-brt train` / `evaluate`: run directories, errors, resuming after a kill."""
 
+import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -16,6 +18,7 @@ from keras_brt import cli
 from keras_brt.data import SentencePieceTokenizer
 from keras_brt.training import load_tokenizer
 from tests.conftest import jax_pass_only, tensorflow_pass_only
+from tests.models.test_preset_folders import DAMAGES, damaged_preset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--batch-size", "2", "--segment-length", "64", "--eval-documents", "2", "--log-every", "2"]
@@ -437,7 +440,9 @@ def test_a_small_folder_in_another_encoding_trains_and_is_evaluated_on_its_own_b
         assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     assert "too few files" in printed
-    assert "2 file(s) had bytes that are not valid utf-8" in printed and "skipped as not text" in printed
+    assert "2 file(s) have bytes that are not valid utf-8" in printed
+    assert "skipped as not text" in printed
+    assert printed.index("book0.txt, book1.txt") < printed.index("Training tiny_rec_fixed_skip")
     report = json.loads((tmp_path / "run" / "evaluation.json").read_text())
     tails = sum(len(t.encode("latin-1")) - int(len(t.encode("latin-1")) * 0.95) for t in texts)
     assert report["bytes"] == tails  # the held-out bytes of the files, not of a re-encoding
@@ -567,3 +572,181 @@ def test_serve_refuses_a_limit_below_1_and_its_help_gives_the_defaults(tmp_path,
                           ("--max-response-bytes",
                            f"default {serving.DEFAULT_MAX_RESPONSE_BYTES // 2 ** 20} MiB)")]:
         assert flag in shown and default in shown.split(flag)[-1].split("--")[0], (flag, shown)
+
+
+def _mixed_folder(root):
+    """A folder of code in another language, as the issue's: 30 *.py files, 3 *.txt tables (one
+    in Latin-1), a README, and a .git folder that is not counted."""
+    folder = root / "project"
+    (folder / "pkg").mkdir(parents=True)
+    (folder / ".git").mkdir()
+    for i in range(30):
+        (folder / "pkg" / f"module{i:02d}.py").write_text(f"def f{i}(x):\n    return x + {i}\n" * 40)
+    for i in range(2):
+        (folder / f"table{i}.txt").write_text(f"{i} alpha beta gamma\n" * 60)
+    (folder / "latin.txt").write_bytes("caf\xe9 cr\xe8me\n".encode("latin-1") * 60)
+    (folder / "README.md").write_text("# a project\n")
+    for i in range(5):
+        (folder / ".git" / f"object{i}").write_text("x")
+    return folder
+
+
+def test_the_data_lines_say_which_files_match_and_which_extensions_dominate(tmp_path, capsys):
+    from keras_brt.training import report_data, resolve_data
+
+    folder = _mixed_folder(tmp_path)
+    report_data(*resolve_data(str(folder)))
+    printed = capsys.readouterr().out
+    assert f"data: 3 files of 34 in {folder} match --pattern '*.txt' (" in printed
+    assert f"most files in {folder} do not match '*.txt': 30 *.py; to train on those, pass " \
+           f"--pattern '*.py'" in printed
+    assert "held-out data: the last 5% of each of the 3 files" in printed
+    assert ("training data: 1 file(s) have bytes that are not valid utf-8 (read as U+FFFD; give the "
+            "right --encoding, e.g. --encoding latin-1): latin.txt") in printed
+    report_data(*resolve_data(str(folder), pattern="*.py"))
+    printed = capsys.readouterr().out
+    assert f"data: 30 files of 34 in {folder} match --pattern '*.py'" in printed
+    assert "do not match" not in printed and "not valid" not in printed
+    assert "held-out data: " in printed and "whole files" in printed
+
+
+def test_held_out_data_too_small_to_mean_anything_is_warned_about(tmp_path):
+    from keras_brt.data import ByteTokenizer
+    from keras_brt.training import check_held_out_size, resolve_data
+
+    (tmp_path / "only.txt").write_text("x = 1\n" * 200)  # 60 held-out bytes: a one-file folder
+    _, test = resolve_data(str(tmp_path))
+    with pytest.warns(UserWarning, match=r"The held-out data is only 60 tokens \(1 document\(s\)\), "
+                                         r"fewer than the 4096 needed .* one 512-token segment for "
+                                         r"each of the 8 lanes"):
+        assert check_held_out_size(test, ByteTokenizer(), 8, 512) == 60
+    (tmp_path / "more.txt").write_text("y = 2\n" * 20000)
+    _, test = resolve_data(str(tmp_path))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check_held_out_size(test, ByteTokenizer(), 8, 512) >= 4096  # enough: no warning
+    with pytest.warns(UserWarning, match=r"\(1 document\(s\), the first 1: --eval-documents 1, 0 "
+                                         r"evaluates every one\), fewer than the 16384 needed"):
+        check_held_out_size(test, ByteTokenizer(), 8, 2048, documents=1)
+
+
+def test_the_terminal_progress_times_steps_from_the_second_one(monkeypatch):
+    """Keras's bar timed its first step with the compilation in it: 46 s of XLA made a first
+    ETA of 3 h 50 min for 300 steps. Here no ETA is shown before the second step, and then
+    it comes from the steps after the first."""
+    import io
+
+    from keras_brt.training.progress import TerminalProgress
+
+    clock = iter([46.0, 46.5, 47.0, 200.0])
+    monkeypatch.setattr("keras_brt.training.progress.time.monotonic", lambda: next(clock))
+    stream = io.StringIO()
+    progress = TerminalProgress(300, stream=stream, interval=0)
+    for batch in range(3):
+        progress.on_train_batch_end(batch, {"loss": 2.0})
+    lines = stream.getvalue().split("\r")[1:]
+    assert lines[0].startswith("step 1/300 - loss: 2.0000 - ETA after the next step")
+    assert lines[1].rstrip().endswith("0.50 s/step - ETA 2:29")  # 0.5 s x 298 steps
+    assert lines[2].rstrip().endswith("0.50 s/step - ETA 2:28")  # 0.5 s x 297 steps: 148.5 s
+
+
+def test_help_shows_every_default_the_presets_and_what_a_run_directory_holds(capsys):
+    from keras_brt.models import PRESETS
+
+    with pytest.raises(SystemExit) as done:
+        cli.main(["train", "--help"])
+    assert done.value.code == 0
+    printed = capsys.readouterr().out
+    flat = " ".join(printed.split())
+    for default in ("(default: stdlib)", "(default: *.txt)", "(default: tiny_rec_fixed_skip)",
+                    "(default: 300)", f"(default: {os.path.join('runs', 'latest')})",
+                    "(default: 0.05)", "(default: 8)", "(default: 512)", "(default: adamw)"):
+        assert default in flat, default
+    for name in PRESETS:
+        assert re.search(rf"^  {name} +\S", printed, flags=re.M), name
+    for name in ("run.json", "tokenizer.json", "checkpoint.keras", "model.keras", "preset/",
+                 "history.csv", "logs/", "evaluation.json", "loss_by_position.png"):
+        assert name in printed, name
+    assert cli.preset_table() == {k: v["metadata"]["description"] for k, v in PRESETS.items()}
+    # Every option of every command says its default (flags are off; an option whose default is
+    # None says what happens instead).
+    parser = cli.build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for command, sub in commands.choices.items():
+        for action in sub._actions:
+            if action.option_strings and action.nargs != 0:
+                text = sub.formatter_class(sub.prog)._get_help_string(action) or ""
+                assert re.search(r"\bdefault\b", text), (command, action.option_strings, text)
+    # And --help still imports neither Keras nor TensorFlow.
+    done = _as_the_command("train", "--help")
+    assert done.returncode == 0 and "imported: False False" in done.stdout
+    assert "tiny_rec_lstm_skip" in done.stdout
+
+
+@pytest.mark.parametrize("file,damage,message", DAMAGES[::2], ids=[d[0] for d in DAMAGES[::2]])
+def test_generate_and_evaluate_name_the_damaged_file_of_a_preset_folder(tmp_path, capsys, file,
+                                                                       damage, message):
+    folder = damaged_preset(tmp_path / "preset", file, damage)
+    for argv in (["generate", folder, "--prompt", "def "],
+                 ["evaluate", folder, "--data", str(tmp_path)]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"keras-brt {argv[0]}: error: The preset folder's {file} ")
+        assert message in err and repr(os.path.join(folder, file)) in err and err.count("\n") == 1
+    os.remove(os.path.join(folder, "config.json"))  # no config at all: not taken for a run
+    assert cli.main(["generate", folder, "--prompt", "def "]) == 2
+    assert "but no config.json" in capsys.readouterr().err
+
+
+@jax_pass_only  # one subprocess pass is enough; it sets its own backend
+def test_the_jax_backend_without_jax_says_how_to_install_it():
+    code = (
+        "import sys; sys.modules['jax'] = None  # as after `pip install -e .`\n"
+        "sys.argv[0] = 'keras-brt'\n"
+        "from keras_brt.cli import main\n"
+        "sys.exit(main(['evaluate', '/no/such/run']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": ROOT})
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.splitlines()[-1].startswith("keras-brt evaluate: error: Keras's JAX backend")
+    assert 'pip install -e ".[jax]"' in done.stderr and "KERAS_BACKEND='jax'" in done.stderr
+
+
+@pytest.mark.slow
+def test_train_says_what_it_reads_compiles_and_saves_and_what_to_try_next(tmp_path, capsys,
+                                                                          monkeypatch):
+    """The first run as a new user sees it, in a terminal: which files, the files it cannot
+    decode and the held-out warning before training, a line before the compiled first step,
+    time per step without that step, a line around saving, and the commands to try next."""
+    folder = _mixed_folder(tmp_path)
+    out = str(tmp_path / "run")
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    with pytest.warns(UserWarning, match="The held-out data is only"):
+        assert cli.main(["train", "--data", str(folder), "--steps", "4", "--output", out,
+                         *SMALL]) == 0
+    printed = capsys.readouterr().out
+    order = [f"data: 3 files of 34 in {folder} match --pattern '*.txt'", "pass --pattern '*.py'",
+             "held-out data: the last 5%", "not valid utf-8", "latin.txt",
+             "Training tiny_rec_fixed_skip", "step 0: compiling the training step",
+             "step 1 done in", "\rstep 1/4", "ETA after the next step", "\rstep 4/4",
+             f"saving the model in {out}", f"saved in ", "held-out bits per token",
+             f"run saved in {out}", "next:",
+             f"keras-brt generate {out} --prompt 'The ' --max-new-tokens 200",
+             f"keras-brt evaluate {out}", f"keras-brt export {out} {os.path.join(out, 'export')}"]
+    places = [printed.find(text) for text in order]
+    assert -1 not in places and places == sorted(places), list(zip(order, places))
+    first_step = float(re.search(r"step 1 done in (\d+) s", printed).group(1))
+    per_step = float(re.search(r"step 4/4 .* (\d+\.\d+) s/step", printed).group(1))
+    assert per_step < max(first_step, 2) / 2  # the compiled first step is left out of the rate
+    # The file with undecodable bytes is named before training (its training part and its
+    # held-out tail), and not again at the end.
+    assert "held-out data: 1 file(s) have bytes that are not valid utf-8" in printed
+    assert "latin.txt" not in printed[printed.index("Training tiny_rec_fixed_skip"):]
+    # `keras-brt evaluate` on a folder too small to mean anything warns too.
+    (tmp_path / "small").mkdir()
+    (tmp_path / "small" / "one.txt").write_text("alpha beta\n" * 10)
+    with pytest.warns(UserWarning, match=r"The held-out data is only 110 tokens"):
+        assert cli.main(["evaluate", out, "--data", str(tmp_path / "small")]) == 0

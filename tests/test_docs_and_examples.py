@@ -12,22 +12,54 @@ from tests.conftest import tensorflow_pass_only
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@tensorflow_pass_only
-def test_readme_python_blocks_run_in_order():
-    with open(os.path.join(ROOT, "README.md")) as f:
-        blocks = re.findall(r"```python\n(.*?)```", f.read(), flags=re.S)
-    assert len(blocks) >= 2
-    namespace = {}
-    for block in blocks:
-        exec(compile(block, "README.md", "exec"), namespace)
-    # The README's claim: consecutive calls equal one call on the concatenation.
-    import numpy as np
+# The README's code, run in order as a new user runs it after `pip install -e .`: a fresh
+# process with no KERAS_BACKEND and no ~/.keras (Keras's default backend, TensorFlow), and
+# without JAX, which only the test extra installs.
+README_AS_INSTALLED = """
+import re, sys
+sys.modules["jax"] = None  # `import jax` fails, as where it is not installed
+with open(sys.argv[1]) as f:
+    blocks = re.findall(r"```python\\n(.*?)```", f.read(), flags=re.S)
+assert len(blocks) >= 2
+namespace = {}
+for block in blocks:
+    exec(compile(block, "README.md", "exec"), namespace)
+import keras
+import numpy as np
 
-    lm, ids = namespace["lm"], namespace["ids"]
-    whole, _ = lm.call_with_state(ids)
-    first, state = lm.call_with_state(ids[:, :128])
-    second, _ = lm.call_with_state(ids[:, 128:], state)
-    np.testing.assert_allclose(np.concatenate([first, second], 1), whole, atol=1e-4)
+assert keras.backend.backend() == "tensorflow"
+# The README's claim: consecutive calls equal one call on the concatenation.
+lm, ids = namespace["lm"], namespace["ids"]
+whole, _ = lm.call_with_state(ids)
+first, state = lm.call_with_state(ids[:, :128])
+second, _ = lm.call_with_state(ids[:, 128:], state)
+np.testing.assert_allclose(np.concatenate([first, second], 1), whole, atol=1e-4)
+print("README blocks:", len(blocks))
+"""
+
+
+@tensorflow_pass_only
+def test_readme_python_blocks_run_in_order_with_what_pip_install_installs(tmp_path):
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    env.update(HOME=str(tmp_path), PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    done = subprocess.run(
+        [sys.executable, "-c", README_AS_INSTALLED, os.path.join(ROOT, "README.md")],
+        capture_output=True, text=True, timeout=600, cwd=str(tmp_path), env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "README blocks:" in done.stdout
+
+
+def test_the_readme_says_how_to_install_the_jax_backend():
+    """`pip install -e .` installs TensorFlow, not JAX: the README's set-up says so and names
+    the extra that adds it, which setup.py has."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    set_up = readme[readme.index("## Set up"):readme.index("## A quick tour")]
+    assert 'pip install -e ".[jax]"' in set_up and "KERAS_BACKEND=jax" in set_up
+    with open(os.path.join(ROOT, "setup.py")) as f:
+        assert re.search(r'"jax": \["jax\[cpu\]', f.read())
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ yielded one at a time: a book is read when its turn comes, never all at once.
 """
 
 import codecs
+import collections
 import fnmatch
 import hashlib
 import os
@@ -35,7 +36,16 @@ class FolderSource:
     the files read, the files with undecodable bytes, the files skipped as not
     text, the unreadable files, and the bytes read from disk for the documents
     yielded (`last_document_bytes` holds the last document's), so that bits
-    per byte are counted on the file's own bytes, whatever the encoding.
+    per byte are counted on the file's own bytes, whatever the encoding;
+    `problem_files` names those files (by kind, as the keys of a dict, in the
+    order found).
+    `check_files()` reads the files ahead, so that they are known before a
+    run starts.
+
+    What the pattern chose: `matching_files` and `matching_bytes` (every
+    matching file, both splits), `folder_files` (every file under the folder
+    that is not excluded or hidden) and `other_extensions` (a `Counter` of the
+    extensions of the files the pattern left out).
 
     Args:
         path: the folder.
@@ -74,6 +84,9 @@ class FolderSource:
         self.name = f"folder:{path}"
         self.files, self.split_mode = self._list_files()
         self._warned = set()  # each file that is not text is named once
+        self.problem_files = {"files_with_encoding_errors": {}, "skipped_not_text": {},
+                              "unreadable_files": {}}  # ordered sets: {path: None}
+        self.reported_problem_files = set()  # those named already (`training.report_encoding`)
         if not self.files:
             raise ValueError(f"No file matching {pattern!r} under `path`. Received: path={path!r}")
         self._reset_stats()
@@ -92,23 +105,50 @@ class FolderSource:
 
     def _list_files(self):
         files, held = [], []
+        self.folder_files, self.other_extensions, self.matching_bytes = 0, collections.Counter(), 0
         for root, dirs, names in os.walk(self.path):
             dirs.sort()
+            hidden = any(part.startswith(".") for part in
+                         os.path.relpath(root, self.path).split(os.sep) if part != ".")
             for name in sorted(names):
                 full = os.path.join(root, name)
                 rel = os.path.relpath(full, self.path)
-                if not fnmatch.fnmatch(name, self.pattern):
-                    continue
                 if any(fnmatch.fnmatch(rel, p) for p in self.exclude):
+                    continue
+                counted = not hidden and not name.startswith(".")  # .git/ and the like: not counted
+                self.folder_files += counted
+                if not fnmatch.fnmatch(name, self.pattern):
+                    if counted:
+                        self.other_extensions[os.path.splitext(name)[1].lower()] += 1
                     continue
                 files.append(full)
                 held.append(_held_out(rel, self.held_out_fraction))
+                try:
+                    self.matching_bytes += os.path.getsize(full)
+                except OSError:
+                    pass  # reported as unreadable when read
+        self.matching_files = len(files)
         if self.split is None:
             return files, None
         if len(files) * self.held_out_fraction >= 1 and 0 < sum(held) < len(files):
             want = self.split == "test"
             return [f for f, h in zip(files, held) if h == want], "files"
         return files, "tails"
+
+    def split_bytes(self):
+        """The bytes of this source's files on disk: of its part of each file in the
+        `tails` split (files never read count whole)."""
+        total = 0
+        for full in self.files:
+            try:
+                size = os.path.getsize(full)
+            except OSError:
+                continue
+            if self.split_mode == "tails":
+                cut = int(size * (1 - self.held_out_fraction))
+                size = size - cut if self.split == "test" else cut
+            total += size
+        return total
 
     def describe_split(self):
         """Where the held-out data comes from, in one sentence."""
@@ -121,39 +161,75 @@ class FolderSource:
                     f"{self.held_out_fraction})")
         return f"all {len(self.files)} files"
 
-    def _note(self, kind, full):
-        if (kind, full) not in self._noted:
+    def _note(self, kind, full, record=True):
+        self.problem_files[kind][full] = None
+        if kind == "skipped_not_text" and full not in self._warned:
+            self._warned.add(full)
+            warnings.warn(f"Skipping {full}: not a text file (it holds NUL bytes).", stacklevel=4)
+        if record and (kind, full) not in self._noted:
             self._noted.add((kind, full))
             self.stats[kind] += 1
-            if kind == "skipped_not_text" and full not in self._warned:
-                self._warned.add(full)
-                warnings.warn(f"Skipping {full}: not a text file (it holds NUL bytes).", stacklevel=3)
 
-    def documents(self):
+    def _read(self, full, record=True):
+        """`(text, bytes read)` of one file, its part in the `tails` split; `(None, 0)`
+        for a file that cannot be read or is not text."""
+        try:
+            with open(full, "rb") as f:
+                raw = f.read()
+        except OSError:
+            self._note("unreadable_files", full, record)
+            return None, 0
+        if b"\0" in raw:
+            self._note("skipped_not_text", full, record)
+            return None, 0
+        if self.split_mode == "tails":
+            cut = int(len(raw) * (1 - self.held_out_fraction))
+            while cut < len(raw) and (raw[cut] & 0xC0) == 0x80:  # not inside a UTF-8 character
+                cut += 1
+            raw = raw[cut:] if self.split == "test" else raw[:cut]
+        try:
+            text = raw.decode(self.encoding)
+        except UnicodeDecodeError:
+            self._note("files_with_encoding_errors", full, record)
+            text = raw.decode(self.encoding, errors="replace")
+        return text, len(raw)
+
+    def check_files(self, max_bytes=256 * 2**20):
+        """Reads the files ahead, without counting them in `stats`, so that the files
+        with undecodable bytes, not text or unreadable are in `problem_files` (and
+        the files that are not text are warned about) before a run reads them.
+
+        Args:
+            max_bytes: stop once this many bytes have been read (the files after
+                that are checked when they are read).
+
+        Returns:
+            How many of `files` were checked.
+        """
+        checked = read = 0
         for full in self.files:
-            try:
-                with open(full, "rb") as f:
-                    raw = f.read()
-            except OSError:
-                self._note("unreadable_files", full)
+            if read >= max_bytes:
+                break
+            read += self._read(full, record=False)[1]
+            checked += 1
+        return checked
+
+    def documents(self, record=True):
+        """The documents, one per readable text file (its part in the `tails` split).
+
+        Args:
+            record: count what is read in `stats` (`False`: read without counting).
+        """
+        for full in self.files:
+            text, size = self._read(full, record)
+            if text is None:
                 continue
-            if b"\0" in raw:
-                self._note("skipped_not_text", full)
-                continue
-            if self.split_mode == "tails":
-                cut = int(len(raw) * (1 - self.held_out_fraction))
-                while cut < len(raw) and (raw[cut] & 0xC0) == 0x80:  # not inside a UTF-8 character
-                    cut += 1
-                raw = raw[cut:] if self.split == "test" else raw[:cut]
-            try:
-                text = raw.decode(self.encoding)
-            except UnicodeDecodeError:
-                self._note("files_with_encoding_errors", full)
-                text = raw.decode(self.encoding, errors="replace")
-            self.stats["files"] += 1
+            if record:
+                self.stats["files"] += 1
+            if text and record:
+                self.stats["bytes"] += size
+                self.last_document_bytes = size
             if text:
-                self.stats["bytes"] += len(raw)
-                self.last_document_bytes = len(raw)
                 yield text
 
 

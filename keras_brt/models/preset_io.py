@@ -4,7 +4,9 @@ A preset folder holds `config.json` (the model's Keras config), `model.weights.h
 (the backbone's weights: never the carried lanes, which belong to a training run),
 `metadata.json` (versions, parameter count, date) and, when the model has a
 tokenizer, `tokenizer.json` (its Keras config; a SentencePiece model travels inside
-it). `save_to_preset` writes one; `from_preset(folder)` loads it.
+it). `save_to_preset` writes one; `from_preset(folder)` loads it. A damaged file
+(cut short, not JSON, not a model's weights) is a `ValueError` naming the file and
+what is wrong with it.
 """
 
 import datetime
@@ -80,6 +82,45 @@ def save_to_preset(model, backbone, preset_dir, tokenizer=None):
     })
 
 
+def _damaged(path, what):
+    return ValueError(
+        f"The preset folder's {os.path.basename(path)} {what}: the folder is damaged or incomplete "
+        f"(save the model again with save_to_preset, or copy the folder again). Received: {path!r}"
+    )
+
+
+def _first_line(error):
+    text = str(error).strip()
+    line = text.splitlines()[0] if text else ""
+    return f"{type(error).__name__}: {line[:200] + '...' if len(line) > 200 else line}"
+
+
+def read_preset_json(preset_dir, name):
+    """The JSON object in the file `name` of `preset_dir`; a `ValueError` naming the
+    file when it cannot be read, is not JSON (a file cut short) or holds no object."""
+    path = os.path.join(preset_dir, name)
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except json.JSONDecodeError as error:
+        raise _damaged(path, f"is not valid JSON ({error.msg}: line {error.lineno}, column "
+                             f"{error.colno} of {os.path.getsize(path)} bytes)") from None
+    except UnicodeDecodeError:
+        raise _damaged(path, "is not UTF-8 text") from None
+    except OSError as error:
+        raise _damaged(path, f"cannot be read ({_first_line(error)})") from None
+    if not isinstance(value, dict):
+        raise _damaged(path, f"must hold a JSON object, and holds a {type(value).__name__}")
+    return value
+
+
+def _deserialize(path, config):
+    try:
+        return keras.saving.deserialize_keras_object(config)
+    except Exception as error:  # Keras raises TypeError, ValueError, KeyError... for a bad config
+        raise _damaged(path, f"does not describe a keras_brt object ({_first_line(error)})") from None
+
+
 def load_preset(cls, preset_dir, load_weights=True, overrides=None):
     """The model saved in `preset_dir`, an instance of `cls` (a causal LM folder also
     gives its backbone to `BlockRecurrentTransformerBackbone.from_preset`). A saved
@@ -94,12 +135,16 @@ def load_preset(cls, preset_dir, load_weights=True, overrides=None):
             f"`preset` must be a preset name or a folder with {CONFIG_FILE}. "
             f"Received: preset={preset_dir!r}"
         )
-    with open(os.path.join(preset_dir, CONFIG_FILE)) as f:
-        config = json.load(f)
+    config_path = os.path.join(preset_dir, CONFIG_FILE)
+    config = read_preset_json(preset_dir, CONFIG_FILE)
+    if os.path.exists(os.path.join(preset_dir, METADATA_FILE)):
+        read_preset_json(preset_dir, METADATA_FILE)  # only checked: nothing in it is needed
     tokenizer_path = os.path.join(preset_dir, TOKENIZER_FILE)
-    if os.path.isfile(tokenizer_path):
+    tokenizer_config = None
+    if os.path.exists(tokenizer_path):
+        tokenizer_config = read_preset_json(preset_dir, TOKENIZER_FILE)
         importlib.import_module("keras_brt.data.tokenizers")  # registers them (imports TensorFlow)
-    model = keras.saving.deserialize_keras_object(config)
+    model = _deserialize(config_path, config)
     backbone = getattr(model, "backbone", model)
     if not isinstance(model, cls):
         if isinstance(backbone, cls):
@@ -110,9 +155,17 @@ def load_preset(cls, preset_dir, load_weights=True, overrides=None):
                 f"{cls.__name__}. Received: preset={preset_dir!r}"
             )
     if load_weights:
+        weights_path = os.path.join(preset_dir, WEIGHTS_FILE)
+        if not os.path.isfile(weights_path):
+            raise _damaged(weights_path, "is missing (load_weights=False loads the architecture "
+                                         "alone)")
         backbone.build()
-        backbone.load_weights(os.path.join(preset_dir, WEIGHTS_FILE))
-    if os.path.isfile(tokenizer_path) and getattr(model, "tokenizer", False) is None:
-        with open(tokenizer_path) as f:
-            model.generator.tokenizer = keras.saving.deserialize_keras_object(json.load(f))
+        try:
+            backbone.load_weights(weights_path)
+        except Exception as error:  # h5py's OSError for a damaged file, Keras's ValueError for others
+            raise _damaged(weights_path, f"could not be loaded: it is cut short, damaged or holds "
+                                         f"another model's weights ({_first_line(error)}; "
+                                         f"{os.path.getsize(weights_path)} bytes)") from None
+    if tokenizer_config is not None and getattr(model, "tokenizer", False) is None:
+        model.generator.tokenizer = _deserialize(tokenizer_path, tokenizer_config)
     return model

@@ -17,6 +17,8 @@ Pass `gate_bias_init=0.0, state_attention_scale_init=None` to `from_preset` for
 the paper's.
 """
 
+import os  # the only import: `keras-brt --help` reads this file without importing Keras
+
 _PAPER = {
     "vocabulary_size": 32128,
     "num_layers": 12,
@@ -88,6 +90,12 @@ PRESETS = {
 
 def get_preset(name):
     """Returns the preset dict for `name`, or raises a `ValueError` listing them."""
+    if name not in PRESETS and isinstance(name, (str, os.PathLike)) and os.path.isdir(name):
+        raise ValueError(
+            "`preset` names a folder, but not a preset folder: it has no config.json (a preset "
+            "folder holds config.json, model.weights.h5, metadata.json and tokenizer.json, as "
+            f"save_to_preset writes them). Received: preset={name!r}"
+        )
     if name not in PRESETS:
         raise ValueError(
             f"Unknown preset. Available: {sorted(PRESETS)}. Received: preset={name!r}"

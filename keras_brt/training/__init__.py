@@ -1,7 +1,8 @@
 """Training utilities: metrics, optimizers, held-out evaluation, run directories and whole runs."""
 
 from keras_brt.training.callbacks import StepHistory, StepLosses
-from keras_brt.training.data_choice import describe_held_out, report_encoding, resolve_data
+from keras_brt.training.data_choice import (check_held_out_size, describe_data, describe_held_out,
+                                             report_data, report_encoding, resolve_data)
 from keras_brt.training.evaluation import evaluate_bits_per_token, make_eval_step
 from keras_brt.training.metrics import BitsPerToken, TokenAccuracy
 from keras_brt.training.optimizers import GroupedAdamW, InverseSquareRootDecay, make_optimizer
@@ -19,6 +20,8 @@ __all__ = [
     "StepHistory",
     "StepLosses",
     "TokenAccuracy",
+    "check_held_out_size",
+    "describe_data",
     "describe_held_out",
     "evaluate_bits_per_token",
     "evaluate_run",
@@ -29,6 +32,7 @@ __all__ = [
     "load_tokenizer",
     "make_eval_step",
     "make_optimizer",
+    "report_data",
     "report_encoding",
     "resolve_data",
     "train_run",

@@ -6,7 +6,8 @@ import time
 
 from keras_brt.layers.common import check_positive_int
 from keras_brt.training import runs
-from keras_brt.training.data_choice import describe_held_out, report_encoding, resolve_data
+from keras_brt.training.data_choice import (check_held_out_size, report_data, report_encoding,
+                                             resolve_data)
 from keras_brt.training.evaluation import evaluate_bits_per_token, make_eval_step
 
 
@@ -171,9 +172,12 @@ def evaluate_run_dir(run_dir, data=None, data_dir=None, pattern=None, text_featu
         text_feature or run.get("text_feature"), encoding or run.get("encoding", "utf-8"),
         held_out_fraction or run.get("held_out_fraction", 0.05),
         eval_data or (None if data else run.get("eval_data")))
-    print(describe_held_out(test_source), flush=True)
-    report, results = evaluate_run(lm, tokenizer, test_source, batch_size or run["batch_size"],
-                                   segment_length or run["segment_length"], eval_documents)
+    report_data(None, test_source)
+    batch_size = batch_size or run["batch_size"]
+    segment_length = segment_length or run["segment_length"]
+    check_held_out_size(test_source, tokenizer, batch_size, segment_length, eval_documents)
+    report, results = evaluate_run(lm, tokenizer, test_source, batch_size, segment_length,
+                                   eval_documents)
     plot = plot or os.path.join(run_dir, "evaluation_loss_by_position.png")
     runs.plot_loss_by_position(results, plot, f"{run['preset']} on {test_source.name}")
     print_report(report)

@@ -27,6 +27,15 @@ def load_model_and_tokenizer(run_dir, need_tokenizer=True):
                 f"tokenized. Received: {run_dir!r}"
             )
         return lm, lm.tokenizer
+    parts = [name for name in (preset_io.WEIGHTS_FILE, preset_io.METADATA_FILE,
+                               preset_io.TOKENIZER_FILE)
+             if os.path.isfile(os.path.join(run_dir, name))]
+    if parts and not os.path.isfile(os.path.join(run_dir, "run.json")):
+        raise ValueError(
+            f"The folder holds {', '.join(parts)} but no {preset_io.CONFIG_FILE}: a preset folder "
+            f"missing its config (save it again with save_to_preset, or copy it again), and not a "
+            f"run directory (no run.json). Received: {run_dir!r}"
+        )
     runs.read_run(run_dir)
     lm = runs.load_checkpoint(runs.run_model_path(run_dir))
     return lm, runs.load_tokenizer(run_dir) if need_tokenizer else None

@@ -6,6 +6,7 @@ errors name the command's flags (`--steps`, `--output`, ...) of the arguments.
 
 import itertools
 import os
+import shlex
 import sys
 import time
 
@@ -14,9 +15,11 @@ import keras
 from keras_brt.distribute.replicas import strategy_scope
 from keras_brt.training import runs
 from keras_brt.training.callbacks import StepHistory
-from keras_brt.training.data_choice import describe_held_out, report_encoding, resolve_data
+from keras_brt.training.data_choice import (check_held_out_size, report_data, report_encoding,
+                                             resolve_data)
 from keras_brt.training.metrics import BitsPerToken
 from keras_brt.training.optimizers import make_optimizer
+from keras_brt.training.progress import TerminalProgress, TrainingNotices, format_duration
 from keras_brt.training.run_evaluation import evaluate_run, print_report
 from keras_brt.version import __version__
 
@@ -40,20 +43,23 @@ class ProgressLog(keras.callbacks.Callback):
     def __init__(self, every, total):
         super().__init__()
         self.every, self.total = every, total
-        self.start, self.first = time.time(), None
 
     def on_train_begin(self, logs=None):
         # Counted from here on: reading the optimizer every step would make the host wait
         # for each step.
-        self.step = self.first = int(self.model.optimizer.iterations.numpy())
+        self.step = int(self.model.optimizer.iterations.numpy())
+        self.first = self.start = None  # the rate counts from the end of the first step
 
     def on_train_batch_end(self, batch, logs=None):
         self.step += 1
         step = self.step
+        if self.first is None:  # the first step compiled: leave it out of the rate
+            self.first, self.start = step, time.time()
         if step % self.every == 0 or step == self.total:
-            rate = (step - self.first) / max(time.time() - self.start, 1e-9)
+            rate = "" if step == self.first else (
+                f" ({(step - self.first) / max(time.time() - self.start, 1e-9):.2f} steps/s)")
             metrics = " ".join(f"{k}={float(v):.4f}" for k, v in (logs or {}).items())
-            print(f"step {step}/{self.total} {metrics} ({rate:.2f} steps/s)", flush=True)
+            print(f"step {step}/{self.total} {metrics}{rate}", flush=True)
 
 
 def check_settings(batch_size, steps, segment_length, checkpoint_every, strategy, dtype_policy,
@@ -227,8 +233,7 @@ def train_run(output, *, data="stdlib", data_dir=None, pattern="*.txt", text_fea
     train_source, test_source = resolve_data(
         data, data_dir, pattern, text_feature, encoding, held_out_fraction, eval_data,
         held_out=evaluation)
-    if test_source is not None:
-        print(describe_held_out(test_source), flush=True)
+    report_data(train_source, test_source)  # before anything is trained on it
     tf_strategy = None
     if strategy != "none":
         from keras_brt import distribute
@@ -298,8 +303,12 @@ def train_run(output, *, data="stdlib", data_dir=None, pattern="*.txt", text_fea
                 jit_compile=True,  # XLA per replica under a multi-replica strategy too
             )
             lm.build({"token_ids": (batch_size, segment_length)})
+    if test_source is not None:
+        check_held_out_size(test_source, text_tokenizer, batch_size, segment_length, eval_documents)
     start_step = int(lm.optimizer.iterations.numpy())
     remaining = steps - start_step
+    saving = (f"saving the model in {output}: " + (f"{runs.CHECKPOINT}, " if remaining > 0 else "")
+              + "model.keras and preset/...")
     print(
         f"{'Resuming' if start_step else 'Training'} {preset} on {train_source.name} "
         f"(backend {keras.backend.backend()}): step {start_step} of {steps}, "
@@ -321,19 +330,31 @@ def train_run(output, *, data="stdlib", data_dir=None, pattern="*.txt", text_fea
             checkpoints,
             keras.callbacks.TensorBoard(os.path.join(output, "logs"), update_freq=log_every),
         ]
-        interactive = sys.stdout.isatty()
-        if not interactive:
+        notices = TrainingNotices(start_step, saving)
+        callbacks.append(notices)
+        # A terminal gets one line rewritten in place (its ETA leaves the compiled first
+        # step out, unlike Keras's bar); other output a line every `log_every` steps.
+        if sys.stdout.isatty():
+            callbacks.append(TerminalProgress(steps, start_step))
+        else:
             callbacks.append(ProgressLog(log_every, steps))
-        lm.fit(dataset, steps_per_epoch=remaining, epochs=1, callbacks=callbacks,
-               verbose=1 if interactive else 0)
+        lm.fit(dataset, steps_per_epoch=remaining, epochs=1, callbacks=callbacks, verbose=0)
+        saved_from = notices.ended or time.monotonic()  # its line printed as training ended
         checkpoints.set_model(lm)
         checkpoints.save()
+    else:
+        saved_from = time.monotonic()
+        print(saving, flush=True)
     lm.save(os.path.join(output, "model.keras"))
     lm.generator.tokenizer = text_tokenizer
     lm.save_to_preset(os.path.join(output, "preset"))  # the model to share: weights, tokenizer
-    report_encoding(train_source, "training data")
+    print(f"saved in {format_duration(time.monotonic() - saved_from)}: "
+          f"{os.path.join(output, 'model.keras')} (the model, optimizer and lanes) and "
+          f"{os.path.join(output, 'preset')} (weights and tokenizer, to share)", flush=True)
+    report_encoding(train_source, "training data")  # files past what report_data checked
     if not evaluation:
         print(f"run saved in {output} (held-out evaluation skipped: keras-brt evaluate {output})")
+        print_next_commands(output, _prompt_for(data, pattern), evaluated=False)
         return None
     report, results = evaluate_run(lm, text_tokenizer, test_source, batch_size, segment_length,
                                    eval_documents)
@@ -342,4 +363,22 @@ def train_run(output, *, data="stdlib", data_dir=None, pattern="*.txt", text_fea
                                f"{preset} on {test_source.name}")
     print_report(report)
     print(f"run saved in {output}")
+    print_next_commands(output, _prompt_for(data, pattern))
     return report
+
+
+def _prompt_for(data, pattern):
+    """A prompt to try on a model trained on `data`: code for code, else prose."""
+    return "def " if data == "stdlib" or pattern.endswith(".py") else "The "
+
+
+def print_next_commands(output, prompt, evaluated=True):
+    """Prints what to try with the run in `output`: the commands, ready to paste."""
+    run = shlex.quote(output)
+    print("next:\n"
+          f"  keras-brt generate {run} --prompt {shlex.quote(prompt)} --max-new-tokens 200\n"
+          + (f"  keras-brt evaluate {run} --data DIR   # bits per token on a folder of your own\n"
+             if evaluated else f"  keras-brt evaluate {run}   # held-out bits per token\n")
+          + f"  keras-brt export {run} {shlex.quote(os.path.join(output, 'export'))}"
+          f"   # a SavedModel for TF Serving\n"
+          f"  tensorboard --logdir {shlex.quote(os.path.join(output, 'logs'))}", flush=True)

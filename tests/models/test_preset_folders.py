@@ -57,3 +57,67 @@ def test_preset_folder_errors_name_the_argument(tmp_path):
         Backbone.from_preset(folder, num_layers=2)
     with pytest.raises(ValueError, match=r"Received: preset='.*missing'"):
         CausalLM.from_preset(str(tmp_path / "missing"))
+
+
+def _truncate(path):
+    with open(path, "rb") as f:
+        content = f.read()
+    with open(path, "wb") as f:
+        f.write(content[:len(content) // 2])
+
+
+def _write(text):
+    def damage(path):
+        with open(path, "w") as f:
+            f.write(text)
+    return damage
+
+
+# (file, how it is damaged, what the error must say)
+DAMAGES = [
+    ("config.json", _truncate, "config.json is not valid JSON"),
+    ("config.json", _write("[1, 2]"), "config.json must hold a JSON object, and holds a list"),
+    ("config.json", _write('{"class_name": "NoSuchModel", "config": {}}'),
+     "config.json does not describe a keras_brt object"),
+    ("metadata.json", _truncate, "metadata.json is not valid JSON"),
+    ("tokenizer.json", _truncate, "tokenizer.json is not valid JSON"),
+    ("tokenizer.json", _write('{"class_name": "NoSuchTokenizer", "config": {}}'),
+     "tokenizer.json does not describe a keras_brt object"),
+    ("model.weights.h5", _truncate, "model.weights.h5 could not be loaded"),
+    ("model.weights.h5", _write("not HDF5"), "model.weights.h5 could not be loaded"),
+    ("model.weights.h5", os.remove, "model.weights.h5 is missing"),
+]
+
+
+def damaged_preset(folder, file, damage):
+    """A causal LM's preset folder (tokenizer included) with one file damaged."""
+    lm = make_lm(vocabulary_size=264)
+    lm.generator.tokenizer = ByteTokenizer()
+    lm.save_to_preset(str(folder))
+    damage(os.path.join(str(folder), file))
+    return str(folder)
+
+
+@pytest.mark.parametrize("file,damage,message", DAMAGES, ids=[f"{d[0]}-{d[2].split(' ', 2)[-1][:24]}"
+                                                              for d in DAMAGES])
+def test_a_damaged_preset_folder_is_a_value_error_naming_the_file(tmp_path, file, damage, message):
+    folder = damaged_preset(tmp_path / "preset", file, damage)
+    with pytest.raises(ValueError, match=message) as error:
+        CausalLM.from_preset(folder)
+    assert repr(os.path.join(folder, file)) in str(error.value)  # the file, as the error's Received
+    assert "damaged or incomplete" in str(error.value)
+    if file != "tokenizer.json":  # the backbone's folder: the same file, the same error
+        with pytest.raises(ValueError, match=message):
+            Backbone.from_preset(folder)
+
+
+def test_weights_of_another_model_and_a_folder_without_config_are_named(tmp_path):
+    folder = damaged_preset(tmp_path / "preset", "config.json", lambda path: None)
+    make_lm(vocabulary_size=264, num_layers=2).backbone.save_to_preset(str(tmp_path / "smaller"))
+    os.replace(tmp_path / "smaller" / "model.weights.h5", os.path.join(folder, "model.weights.h5"))
+    with pytest.raises(ValueError, match=r"model.weights.h5 could not be loaded: .* another "
+                                         r"model's weights"):
+        CausalLM.from_preset(folder)
+    os.remove(os.path.join(folder, "config.json"))
+    with pytest.raises(ValueError, match=r"no config.json .*Received: preset='.*preset'"):
+        CausalLM.from_preset(folder)
