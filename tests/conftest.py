@@ -3,7 +3,7 @@
 The suite runs on the backend named by KERAS_BACKEND (CI runs it on tensorflow
 and on jax). Tests marked `slow` train small models (or compile further configurations of a
 check the quick pass already makes once); they run by default (CI runs them) and
-`-m "not slow"` skips them for a quick local pass (about 3 minutes on 2 cores).
+`-m "not slow"` skips them for a quick local pass.
 """
 
 import os
@@ -12,6 +12,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import pytest  # noqa: E402
+
+if keras.backend.backend() == "jax":
+    # Many tests compile the same tiny models: JAX's persistent compilation cache, shared by
+    # the xdist workers, compiles each distinct step once per run (and keeps it for the next
+    # run; its keys hash the computation, so a change of code never reuses a stale entry).
+    import jax  # noqa: E402
+
+    jax.config.update("jax_compilation_cache_dir", os.environ.get(
+        "JAX_COMPILATION_CACHE_DIR",
+        os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                     ".pytest_cache", "jax_compilation_cache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def pytest_report_header(config):
