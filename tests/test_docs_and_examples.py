@@ -1,4 +1,4 @@
-"""The README's code and the examples do what they say."""
+"""The README's and the docs' code, their links, and the examples do what they say."""
 
 import os
 import re
@@ -62,6 +62,91 @@ def test_the_readme_says_how_to_install_the_jax_backend():
         assert re.search(r'"jax": \["jax\[cpu\]', f.read())
 
 
+def test_the_readme_set_up_gives_the_two_commands_and_ci_finds_the_test_command():
+    """The set-up's two commands: the first trains the tiny model right after installing; the
+    second, found as `.ci/run` finds it (the line after the marker's fence), runs the suite on
+    both backends."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    set_up = readme[readme.index("## Set up"):readme.index("## A quick tour")]
+    commands = re.findall(r"```bash\n(.*?)\n```", set_up, flags=re.S)
+    assert len(commands) == 2, commands
+    assert commands[0].endswith("pip install -e . && keras-brt train"), commands[0]
+    lines = readme.splitlines()
+    marker = lines.index("<!-- test-command -->")
+    assert lines[marker + 1] == "```bash" and lines[marker + 2] == commands[1]
+    for backend in ("tensorflow", "jax"):
+        assert f"KERAS_BACKEND={backend} python -m pytest" in commands[1]
+    assert 'pip install -e ".[test]"' in commands[1]
+
+
+# The docs' code: each file's ```python blocks run in order in one namespace of their own (so
+# every file imports what it uses), in a fresh process on the pass's backend. Any other fence
+# (```bash, ```text, a bare ```) is not run, as in the README.
+DOCS_AS_WRITTEN = """
+import os, re, sys
+ran = 0
+for path in sys.argv[1:]:
+    with open(path) as f:
+        blocks = re.findall(r"```python\\n(.*?)```", f.read(), flags=re.S)
+    namespace = {}
+    for block in blocks:
+        exec(compile(block, os.path.basename(path), "exec"), namespace)
+        ran += 1
+print("docs blocks:", ran)
+"""
+
+
+def _docs():
+    folder = os.path.join(ROOT, "docs")
+    return sorted(os.path.join(folder, name) for name in os.listdir(folder) if name.endswith(".md"))
+
+
+def test_the_docs_python_blocks_run_in_order(tmp_path):
+    import subprocess
+
+    with_code = []
+    for path in _docs():
+        with open(path) as f:
+            if "```python\n" in f.read():
+                with_code.append(path)
+    assert with_code  # paper-fidelity.md and distribution.md have examples
+    env = {**os.environ, "HOME": str(tmp_path), "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run([sys.executable, "-c", DOCS_AS_WRITTEN, *with_code], capture_output=True,
+                          text=True, timeout=600, cwd=str(tmp_path), env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "docs blocks:" in done.stdout
+
+
+def _slug(heading):
+    """The anchor GitHub gives a heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_every_relative_link_of_the_readme_and_the_docs_resolves():
+    """Links and images between the README, docs/ and bench/results/ point at files that exist,
+    and a `#anchor` into a Markdown file at one of its headings."""
+    broken = []
+    for path in [os.path.join(ROOT, "README.md"), *_docs()]:
+        with open(path) as f:
+            text = re.sub(r"```.*?```", "", f.read(), flags=re.S)  # code blocks hold no links
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+://", target):
+                continue
+            file, _, anchor = target.partition("#")
+            resolved = os.path.normpath(os.path.join(os.path.dirname(path), file)) if file else path
+            if not os.path.exists(resolved):
+                broken.append(f"{os.path.relpath(path, ROOT)}: {target}")
+            elif anchor and resolved.endswith(".md"):
+                with open(resolved) as f:
+                    body = re.sub(r"```.*?```", "", f.read(), flags=re.S)
+                headings = {_slug(h) for h in re.findall(r"^#+ (.*)$", body, flags=re.M)}
+                if anchor not in headings:
+                    broken.append(f"{os.path.relpath(path, ROOT)}: {target} (no such heading)")
+    assert not broken, broken
+
+
 @pytest.mark.slow
 @tensorflow_pass_only
 def test_rnn_composition_example_classifies_from_the_state():
@@ -104,10 +189,11 @@ def test_train_distributed_example_trains_and_the_chief_saves(tmp_path):
     assert next(iter(lm.lane_state().values())).shape[0] == 4  # every lane of the global batch
 
 
-def test_every_private_keras_use_is_listed_in_the_readme():
-    """The README's "Private Keras APIs" list names every `keras.src` import and every
-    private Keras member the package uses, so that a Keras upgrade knows where to look."""
-    with open(os.path.join(ROOT, "README.md")) as f:
+def test_every_private_keras_use_is_listed_in_the_docs():
+    """The "Private Keras APIs" list (docs/development.md, linked from the README) names every
+    `keras.src` import and every private Keras member the package uses, so that a Keras
+    upgrade knows where to look."""
+    with open(os.path.join(ROOT, "docs", "development.md")) as f:
         readme = f.read()
     section = readme[readme.index("## Private Keras APIs"):]
     end = section.find("\n## ", 1)
@@ -126,4 +212,4 @@ def test_every_private_keras_use_is_listed_in_the_readme():
                     r"dropout_mask|value_specs|in_multi_worker_mode|purge_model_variables)\b", source))
     names = {u.split(" import ")[-1] if " import " in u else u.split(".")[-1] for u in used}
     missing = sorted(n for n in names if n.lstrip(".") not in section)
-    assert not missing, f"private Keras uses missing from the README's list: {missing}"
+    assert not missing, f"private Keras uses missing from docs/development.md's list: {missing}"
