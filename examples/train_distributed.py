@@ -7,7 +7,7 @@ environment change:
     KERAS_BACKEND=tensorflow python examples/train_distributed.py --strategy mirrored
     # 2 workers on this machine, each with TF_CONFIG naming 127.0.0.1 ports:
     python -m keras_brt.distribute --workers 2 -- python examples/train_distributed.py --strategy multi_worker
-    # several hosts: start the same command on every host with its own TF_CONFIG (README)
+    # several hosts: start the same command on every host with its own TF_CONFIG (docs/distribution.md)
     # a Cloud TPU VM:
     python examples/train_distributed.py --strategy tpu --tpu local --dtype-policy mixed_bfloat16
 

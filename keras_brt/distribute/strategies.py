@@ -13,7 +13,7 @@ what one device computes on the same global batch.
 
 Multi-worker: every worker runs the same program with its own `TF_CONFIG`
 (`launch_local_workers` does that on one machine, for tests and tries); on
-several hosts, set `TF_CONFIG` on each (see the README) and use
+several hosts, set `TF_CONFIG` on each (see docs/distribution.md) and use
 `get_strategy("multi_worker")`.
 """
 
@@ -66,8 +66,8 @@ def get_strategy(name="auto", tpu=None, devices=None, tpu_timeout=30.0):
     if name == "multi_worker":
         if _tf_config_workers() < 1:
             raise ValueError(
-                "`multi_worker` needs TF_CONFIG to describe the cluster (see the README's "
-                f"multi-host recipe or launch_local_workers). Received: TF_CONFIG="
+                "`multi_worker` needs TF_CONFIG to describe the cluster (see the "
+                f"multi-host recipe in docs/distribution.md, or launch_local_workers). Received: TF_CONFIG="
                 f"{os.environ.get('TF_CONFIG')!r}"
             )
         return tf.distribute.MultiWorkerMirroredStrategy()

@@ -73,7 +73,7 @@ def check_settings(batch_size, steps, segment_length, checkpoint_every, strategy
     if strategy == "multi_worker":
         raise ValueError(
             "`keras-brt train` runs in one process; train on several hosts from Python with "
-            "keras_brt.distribute (see the README's multi-host recipe). Received: "
+            "keras_brt.distribute (see the multi-host recipe in docs/distribution.md). Received: "
             "--strategy='multi_worker'"
         )
     if strategy != "none" and keras.backend.backend() != "tensorflow":
