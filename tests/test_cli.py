@@ -365,26 +365,13 @@ def favouring_preset(tmp_path_factory):
     return folder
 
 
-def _record_decoding(monkeypatch):
-    """The id sequences `ByteTokenizer.detokenize` is given from now on, in order."""
-    from keras_brt.data import ByteTokenizer
-
-    seen, detokenize = [], ByteTokenizer.detokenize
-
-    def recording(self, ids):
-        seen.append(np.asarray(ids))
-        return detokenize(self, ids)
-
-    monkeypatch.setattr(ByteTokenizer, "detokenize", recording)
-    return seen
-
-
 @pytest.mark.parametrize("sampler", [[], ["--sampler", "greedy"]])  # the default is top_p
 def test_generate_never_samples_ids_the_tokenizer_cannot_decode(favouring_preset, sampler, capsys,
                                                                 monkeypatch):
     from keras_brt.data import ByteTokenizer
+    from tests.models.common import record_decoding
 
-    decoded = _record_decoding(monkeypatch)
+    decoded = record_decoding(monkeypatch)
     argv = ["generate", favouring_preset, "--prompt", "def ", "--max-new-tokens", "16", "--seed", "0"]
     assert cli.main(argv + sampler) == 0, capsys.readouterr().err
     row = decoded[-1]  # BOS, the prompt's 4 bytes, then what was generated

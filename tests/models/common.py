@@ -53,3 +53,17 @@ def make_lm_favouring(favoured, vocabulary_size=264, avoided=(2,), seed=5):
     table[list(avoided), 0] = 0.0
     lm.backbone.token_embedding.embeddings.assign(table)
     return lm
+
+
+def record_decoding(monkeypatch):
+    """The id sequences `ByteTokenizer.detokenize` is given from now on, in order."""
+    from keras_brt.data import ByteTokenizer
+
+    seen, detokenize = [], ByteTokenizer.detokenize
+
+    def recording(self, ids):
+        seen.append(np.asarray(ids))
+        return detokenize(self, ids)
+
+    monkeypatch.setattr(ByteTokenizer, "detokenize", recording)
+    return seen

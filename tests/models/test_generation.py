@@ -9,7 +9,7 @@ from keras_brt.data import ByteTokenizer
 from keras_brt.models import BlockRecurrentTransformerCausalLM, generation
 from keras_brt.models.compiling import compile_function
 from keras_brt.models import GreedySampler, RandomSampler, TopKSampler, TopPSampler, get_sampler
-from tests.models.common import V, W, make_lm, make_lm_favouring, token_ids
+from tests.models.common import V, W, make_lm, make_lm_favouring, record_decoding, token_ids
 
 MAX = 6 * W + 4  # One max_length and batch 2 for most tests: one compiled function serves them.
 # What a model of the byte presets' 264 ids may generate as text: not padding (0), not BOS (1),
@@ -230,14 +230,7 @@ def favouring_lm():
 @pytest.fixture
 def decoded(monkeypatch):
     """Every id sequence `ByteTokenizer.detokenize` is given, in order."""
-    seen, detokenize = [], ByteTokenizer.detokenize
-
-    def recording(self, ids):
-        seen.append(np.asarray(ids))
-        return detokenize(self, ids)
-
-    monkeypatch.setattr(ByteTokenizer, "detokenize", recording)
-    return seen
+    return record_decoding(monkeypatch)
 
 
 def _masked_argmax(lm, ids):
