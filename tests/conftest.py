@@ -9,21 +9,17 @@ check the quick pass already makes once); they run by default (CI runs them) and
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Many tests compile the same tiny models: on JAX, its persistent compilation cache (shared by
+# the xdist workers and the processes tests start, which inherit these variables) compiles
+# each distinct step once per run and keeps it for the next run. Its keys hash the
+# computation, so a change of code never reuses a stale entry.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache",
+    "jax_compilation_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import keras  # noqa: E402
 import pytest  # noqa: E402
-
-if keras.backend.backend() == "jax":
-    # Many tests compile the same tiny models: JAX's persistent compilation cache, shared by
-    # the xdist workers, compiles each distinct step once per run (and keeps it for the next
-    # run; its keys hash the computation, so a change of code never reuses a stale entry).
-    import jax  # noqa: E402
-
-    jax.config.update("jax_compilation_cache_dir", os.environ.get(
-        "JAX_COMPILATION_CACHE_DIR",
-        os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                     ".pytest_cache", "jax_compilation_cache")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def pytest_report_header(config):
