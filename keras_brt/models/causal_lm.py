@@ -408,9 +408,8 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
         finite is not applied, nor any later one until the host has seen it: every
         variable keeps its value and `skipped_update` is set (`fit` then stops with
         a `FloatingPointError`; see `keras_brt.models.update_guard`)."""
-        flag = self.skipped_update
         if keras.backend.backend() == "jax":
-            return update_guard.jax_step(self, flag, super().train_step, *args, **kwargs)
+            return update_guard.jax_step(self, super().train_step, *args, **kwargs)
         if keras.backend.backend() == "tensorflow":
             if getattr(self, "replica_jit_compile", False):
                 from keras_brt.distribute import replica_xla
@@ -421,7 +420,7 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
                     *args, **kwargs)
             # Every replica restores or keeps alike: a NaN on one replica reaches the others'
             # weights through the all-reduced gradients, but its loss alone would not.
-            logs = update_guard.tensorflow_step(self, flag, step, replicas.all_replicas_agree)
+            logs = update_guard.tensorflow_step(self, step, replicas.all_replicas_agree)
             return replicas.multi_worker_logs(logs)
         return super().train_step(*args, **kwargs)
 
@@ -472,9 +471,8 @@ class BlockRecurrentTransformerCausalLM(keras.Model):
             callbacks = [NonFiniteUpdateStop(), *callbacks]
         validation = kwargs.get("validation_data")
         if isinstance(validation, (tuple, list)):
-            checked_inputs(validation[0], self.backbone.vocabulary_size,
-                           y=validation[1] if len(validation) > 1 else None, lanes=self._lane_rows(),
-                           batch_size=kwargs.get("validation_batch_size") or batch_size)
+            self._checked(validation[0], validation[1] if len(validation) > 1 else None,
+                          kwargs.get("validation_batch_size") or batch_size)
         elif validation is not None:
             kwargs["validation_data"] = self._checked(validation)
         update_guard.raise_if_skipped(self)  # left over from a run that was interrupted

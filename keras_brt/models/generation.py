@@ -73,12 +73,8 @@ class Generator:
         and reused."""
         key = (type(sampler).__name__, repr(sorted(sampler.get_config().items())), masked)
         if key not in self._functions:
-            if masked:
-                def step(token_ids, lengths, uniforms, stop, allowed):
-                    return generate_step(lm, sampler, token_ids, lengths, uniforms, stop, allowed)
-            else:
-                def step(token_ids, lengths, uniforms, stop):
-                    return generate_step(lm, sampler, token_ids, lengths, uniforms, stop)
+            def step(*arguments):  # token_ids, lengths, uniforms, stop[, allowed]
+                return generate_step(lm, sampler, *arguments)
 
             self._functions[key] = compile_function(lm, step)
         return self._functions[key]

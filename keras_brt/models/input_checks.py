@@ -128,10 +128,7 @@ def checked_batch(x, vocabulary_size, y=None, lanes=None):
 
 def _checked_iterator(iterator, vocabulary_size, lanes):
     for batch in iterator:
-        token_ids, targets = _split(batch)
-        ids = _array(token_ids)
-        _check_arrays(token_ids, targets, vocabulary_size, lanes,
-                      None if ids is None else ids.shape[0])
+        checked_batch(batch, vocabulary_size, _split(batch)[1], lanes)
         yield batch
 
 
@@ -200,5 +197,3 @@ def reraising_bad_batches(vocabulary_size, lanes=None):
             raise ValueError(wrapped.group(1)) from None
         raise
 
-
-reraising_out_of_vocabulary = reraising_bad_batches  # the name before issue 33

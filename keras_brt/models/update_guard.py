@@ -47,12 +47,14 @@ def finite(loss, values):
     return ops.isfinite(total)
 
 
-def jax_step(model, flag, step, state, *args, **kwargs):
+def jax_step(model, step, state, *args, **kwargs):
     """JAX: `step(state, ...)` (Keras's `train_step`) applied only when it is finite and
-    no earlier step of this run was skipped; otherwise the old state with `flag` set."""
+    no earlier step of this run was skipped; otherwise the old state with the model's
+    `skipped_update` flag set."""
     logs, new_state = step(state, *args, **kwargs)
-    trainable, non_trainable = new_state[0], new_state[1]
-    index = next(i for i, v in enumerate(model.non_trainable_variables) if v is flag)
+    trainable = new_state[0]
+    index = next(i for i, v in enumerate(model.non_trainable_variables)
+                 if v is model.skipped_update)
     keep = ops.logical_and(finite(logs["loss"], trainable), ops.equal(state[1][index], 0))
     chosen = ops.cond(keep, lambda: new_state, lambda: state)
     non_trainable = list(chosen[1])
@@ -60,10 +62,11 @@ def jax_step(model, flag, step, state, *args, **kwargs):
     return logs, (chosen[0], non_trainable, *chosen[2:])
 
 
-def tensorflow_step(model, flag, step, agree):
+def tensorflow_step(model, step, agree):
     """TensorFlow: runs `step()` (which assigns the variables), then puts back every
-    variable it changed unless the step was finite and no earlier step was skipped.
-    `agree` makes the replicas of a strategy decide alike."""
+    variable it changed unless the step was finite and no earlier step was skipped (the
+    model's `skipped_update` flag). `agree` makes the replicas of a strategy decide alike."""
+    flag = model.skipped_update
     guarded = [v for v in model.trainable_variables + model.non_trainable_variables
                + model.optimizer.variables if v is not flag]
     before = [ops.copy(v.value) for v in guarded]
